@@ -1,0 +1,50 @@
+# Two commands do all set-up on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: venv run demo test test-only lint fmt bench promtool clean
+
+$(STAMP): pyproject.toml examples/gateway-plugin-greeting/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]' -e examples/gateway-plugin-greeting
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## run: the demo services (9001-9003) and the gateway on :8080 (admin :9901) with ./routes.toml
+run: venv
+	@trap 'kill $$demo 2>/dev/null' EXIT INT TERM; \
+	$(VENV)/bin/gateway demo & demo=$$!; \
+	sleep 0.5; \
+	$(VENV)/bin/gateway run routes.toml
+
+## test: lint, then the whole suite (integration tests start their own servers)
+test: venv promtool lint test-only
+
+test-only: venv
+	$(PY) -m pytest -q
+
+## promtool checks /metrics in the tests; it comes from Debian's prometheus package
+promtool:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  echo "installing promtool (Debian package prometheus)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+
+lint: venv
+	$(VENV)/bin/ruff check gateway plugins tests bench examples
+	$(VENV)/bin/mypy gateway plugins tests bench examples
+
+fmt: venv
+	$(VENV)/bin/ruff check --fix gateway plugins tests bench examples
+
+## bench: nginx upstream, direct vs naive aiohttp proxy vs gateway, measured with wrk
+bench: venv
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -1,0 +1,120 @@
+"""The admin listener (SPEC §9): /metrics, /healthz, /readyz, /status, /config, POST /reload.
+
+It runs on its own port so scraping and rendering metrics stay off the public listener.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import re
+import time
+from typing import Any
+
+from aiohttp import web
+
+from gateway.config_load import LoadedConfig
+
+REDACTED = "<redacted>"
+_SECRET_KEY = re.compile(r"(secret|password|passwd|token|api_keys|private|credential|users)", re.I)
+
+
+class AdminSource:
+    """What a gateway process shows on its admin listener."""
+
+    last_reload: tuple[float, str] | None = None
+
+    def is_ready(self) -> bool:
+        raise NotImplementedError
+
+    def metrics_text(self) -> tuple[bytes, str]:
+        raise NotImplementedError
+
+    def current_config(self) -> LoadedConfig:
+        raise NotImplementedError
+
+    async def reload(self) -> tuple[bool, str]:
+        raise NotImplementedError
+
+
+def admin_app(source: AdminSource) -> web.Application:
+    async def metrics(_: web.Request) -> web.Response:
+        body, content_type = await asyncio.to_thread(source.metrics_text)
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        ready = source.is_ready()
+        return web.json_response({"ready": ready}, status=200 if ready else 503)
+
+    async def config(_: web.Request) -> web.Response:
+        return web.json_response(redacted_config(source.current_config()),
+                                 dumps=lambda d: json.dumps(d, indent=2))
+
+    async def reload(_: web.Request) -> web.Response:
+        ok, message = await source.reload()
+        return web.json_response({"result": "success" if ok else "failure", "detail": message},
+                                 status=200 if ok else 422)
+
+    async def status(_: web.Request) -> web.Response:
+        return web.Response(text=status_page(source), content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/config", config)
+    app.router.add_get("/status", status)
+    app.router.add_post("/reload", reload)
+    return app
+
+
+def redacted_config(loaded: LoadedConfig) -> Any:
+    """The effective config as JSON, with every secret-looking or ${ENV}-supplied value hidden."""
+    data = loaded.config.model_dump(mode="json")
+    return _redact(data, "", loaded.secret_locations, False)
+
+
+def _redact(value: Any, path: str, secrets: frozenset[str], hide: bool) -> Any:
+    if isinstance(value, dict):
+        return {k: _redact(v, f"{path}.{k}" if path else k, secrets, hide or bool(_SECRET_KEY.search(k)))
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact(v, f"{path}[{i}]", secrets, hide) for i, v in enumerate(value)]
+    if (hide or path in secrets) and isinstance(value, str) and value:
+        return REDACTED
+    return value
+
+
+def status_page(source: AdminSource) -> str:
+    """A plain HTML page for people: routes, upstreams, readiness, last reload."""
+    loaded = source.current_config()
+    config = loaded.config
+    e = html.escape
+    rows = []
+    for route in config.routes:
+        plugins = [p.use for p in config.plugins] + [p.use for p in route.plugins]
+        rows.append(
+            f"<tr><td>{e(route.name)}</td><td>{e(','.join(route.methods or ['*']))}</td>"
+            f"<td><code>{e(route.path)}</code></td><td>upstream {e(route.upstream or '')}</td>"
+            f"<td>{e(' → '.join(plugins) or '—')}</td></tr>"
+        )
+    ups = "".join(
+        f"<tr><td>{e(name)}</td><td>{e(up.balance)}</td><td>{e(', '.join(up.targets))}</td></tr>"
+        for name, up in config.upstreams.items()
+    )
+    reload = "never"
+    if source.last_reload is not None:
+        when, result = source.last_reload
+        reload = f"{result} at {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(when))} UTC"
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>gateway status</title>
+<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.2em .8em;text-align:left}}</style></head>
+<body><h1>gateway</h1><p>config <code>{e(loaded.source)}</code> — {e(loaded.summary())};
+ready: {source.is_ready()}; last reload: {e(reload)}</p>
+<h2>Routes</h2><table><tr><th>name</th><th>methods</th><th>path</th><th>terminal</th><th>plugins</th></tr>
+{''.join(rows)}</table>
+<h2>Upstreams</h2><table><tr><th>name</th><th>balance</th><th>targets</th></tr>{ups}</table>
+<p><a href="/metrics">/metrics</a> · <a href="/config">/config</a></p></body></html>"""

@@ -1,0 +1,136 @@
+"""The ``gateway`` command (SPEC §1): run, check, schema, routes, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from gateway.config_load import ConfigError, LoadedConfig, load_config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    return int(args.func(args))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description="API gateway and orchestration layer.")
+    sub = parser.add_subparsers(dest="command")
+
+    run = sub.add_parser("run", help="serve the routes of CONFIG (default ./routes.toml)")
+    run.add_argument("config", nargs="?", default="routes.toml")
+    run.add_argument("--listen", help="public HOST:PORT (overrides gateway.listen)")
+    run.add_argument("--admin-listen", help='admin HOST:PORT (overrides gateway.admin_listen; "" for none)')
+    run.add_argument("--workers", type=int, help="processes sharing the port (overrides gateway.workers)")
+    run.add_argument("--log-format", choices=["text", "json"], default="text")
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    run.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
+    run.set_defaults(func=_run)
+
+    check = sub.add_parser("check", help="validate CONFIG and exit")
+    check.add_argument("config")
+    check.set_defaults(func=_check)
+
+    schema = sub.add_parser("schema", help="print the JSON Schema of routes.toml")
+    schema.set_defaults(func=_schema)
+
+    routes = sub.add_parser("routes", help="list the routes of CONFIG")
+    routes.add_argument("config", nargs="?", default="routes.toml")
+    routes.set_defaults(func=_routes)
+
+    demo = sub.add_parser("demo", help="run the demo upstream services used by the example routes.toml")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=9001, help="first port (users; orders +1, recommendations +2)")
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def _load(path: str) -> LoadedConfig | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for line in exc.lines():
+            print(line, file=sys.stderr)
+        return None
+
+
+def _check(args: argparse.Namespace) -> int:
+    loaded = _load(args.config)
+    if loaded is None:
+        return 1
+    # Building the runtime instantiates every plugin: option combinations fail here too.
+    from gateway.metrics import Metrics
+    from gateway.plugin import ClientHolder
+    from gateway.runtime import Runtime
+
+    try:
+        Runtime(loaded, Metrics(), ClientHolder())
+    except ConfigError as exc:
+        for line in exc.lines():
+            print(line, file=sys.stderr)
+        return 1
+    print(loaded.summary())
+    return 0
+
+
+def _schema(_: argparse.Namespace) -> int:
+    from gateway.schema import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def _routes(args: argparse.Namespace) -> int:
+    loaded = _load(args.config)
+    if loaded is None:
+        return 1
+    rows = [("NAME", "METHODS", "PATH", "TERMINAL", "PLUGINS")]
+    global_uses = [p.use for p in loaded.config.plugins]
+    for route in loaded.config.routes:
+        terminal = f"upstream {route.upstream}" if route.upstream else "-"
+        chain = " > ".join(global_uses + [p.use for p in route.plugins]) or "-"
+        rows.append((route.name, ",".join(route.methods or ["*"]), route.path, terminal, chain))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4])
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from gateway import logs
+
+    logs.setup(args.log_format, args.log_level)
+    loaded = _load(args.config)
+    if loaded is None:
+        return 1
+    workers = args.workers if args.workers is not None else loaded.config.gateway.workers
+    if workers > 1 and not args.supervised:
+        if "prometheus_client" in sys.modules:
+            raise RuntimeError("prometheus_client was imported before multiprocess mode was set up")
+        from gateway.supervisor import prepare_multiprocess_dir
+
+        prepare_multiprocess_dir()
+        from gateway.supervisor import run_supervisor
+
+        return run_supervisor(loaded, args, workers)
+    from gateway.process_main import run_single
+
+    return run_single(loaded, args)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from gateway import logs
+    from gateway.demo import run_demo
+
+    logs.setup("text", "info")
+    run_demo(args.host, args.port)
+    return 0
+
+

@@ -1,0 +1,291 @@
+"""Load routes.toml: parse, expand ``${ENV}``, validate everything, report every problem at
+once with its location (``routes[2].plugins[1] (rate_limit).limit: ...``)."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from gateway.config_model import Config, PluginSpec, RouteConfig
+from gateway.envsubst import expand
+from gateway.plugin import PluginConfig
+from gateway.registry import PluginClass, Registry
+
+Problem = tuple[str, str]  # (location, message)
+_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::[^}]*)?\}")
+
+
+class ConfigError(Exception):
+    """A config that cannot be used, with every problem found and where it is."""
+
+    def __init__(self, source: str, problems: Sequence[Problem]) -> None:
+        self.source = source
+        self.problems = list(problems)
+        super().__init__("\n".join(self.lines()))
+
+    def lines(self) -> list[str]:
+        return [f"{self.source}: {loc}: {msg}" if loc else f"{self.source}: {msg}"
+                for loc, msg in self.problems]
+
+
+@dataclass(frozen=True)
+class PluginUse:
+    """A plugin named in the config, with its options validated."""
+
+    use: str
+    cls: PluginClass
+    config: PluginConfig
+    location: str
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A valid config: the typed model plus each plugin's typed options."""
+
+    source: str
+    config: Config
+    global_plugins: tuple[PluginUse, ...]
+    route_plugins: tuple[tuple[PluginUse, ...], ...]  # one tuple per route, in order
+    secret_locations: frozenset[str]  # values that came from the environment
+
+    def summary(self) -> str:
+        count = len(self.global_plugins) + sum(len(p) for p in self.route_plugins)
+        c = self.config
+        return f"ok: {len(c.routes)} routes, {len(c.upstreams)} upstreams, {count} plugins"
+
+
+def load_config(
+    path: str | Path, env: Mapping[str, str] | None = None, registry: Registry | None = None
+) -> LoadedConfig:
+    """Read and validate a routes.toml file; raise ConfigError listing every problem."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(source, [("", f"cannot read: {exc.strerror or exc}")]) from None
+    return load_text(text, source, env, registry)
+
+
+def load_text(
+    text: str,
+    source: str = "routes.toml",
+    env: Mapping[str, str] | None = None,
+    registry: Registry | None = None,
+) -> LoadedConfig:
+    """Validate routes.toml content (see load_config)."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, [("", f"not valid TOML: {exc}")]) from None
+    problems: list[Problem] = []
+    secrets: set[str] = set()
+    _find_env_refs(raw, "", secrets)
+    expanded = expand(raw, os.environ if env is None else env, "", problems)
+    try:
+        config = Config.model_validate(expanded)
+    except ValidationError as exc:
+        problems.extend(_pydantic_problems(exc, Config, ""))
+        raise ConfigError(source, problems) from None
+    registry = registry if registry is not None else Registry.discover()
+    global_plugins = tuple(_plugins(config.plugins, "plugins", registry, problems))
+    route_plugins = tuple(
+        tuple(_plugins(route.plugins, f"routes[{i}].plugins", registry, problems))
+        for i, route in enumerate(config.routes)
+    )
+    problems.extend(_cross_checks(config))
+    if problems:
+        raise ConfigError(source, problems)
+    return LoadedConfig(source, config, global_plugins, route_plugins, frozenset(secrets))
+
+
+def _find_env_refs(value: Any, path: str, found: set[str]) -> None:
+    if isinstance(value, str) and "${" in value:
+        found.add(path)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _find_env_refs(item, f"{path}.{key}" if path else key, found)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _find_env_refs(item, f"{path}[{index}]", found)
+
+
+def _plugins(
+    specs: Sequence[PluginSpec], prefix: str, registry: Registry, problems: list[Problem]
+) -> list[PluginUse]:
+    uses = []
+    for index, spec in enumerate(specs):
+        location = f"{prefix}[{index}] ({spec.use})"
+        try:
+            cls = registry.resolve(spec.use)
+        except LookupError as exc:
+            problems.append((f"{prefix}[{index}].use", str(exc)))
+            continue
+        try:
+            options = cls.Config.model_validate(spec.options)
+        except ValidationError as exc:
+            problems.extend(_pydantic_problems(exc, cls.Config, location))
+            continue
+        uses.append(PluginUse(spec.use, cls, options, location))
+    return uses
+
+
+def _cross_checks(config: Config) -> list[Problem]:
+    problems: list[Problem] = []
+    seen: dict[str, int] = {}
+    router = web.UrlDispatcher()
+    for i, route in enumerate(config.routes):
+        where = f"routes[{i}]"
+        if route.name in seen:
+            problems.append((f"{where}.name", f"{route.name!r} is already the name of routes[{seen[route.name]}]"))
+        seen.setdefault(route.name, i)
+        if route.upstream is None:
+            problems.append((where, 'has no terminal: set `upstream = "NAME"`'))
+        elif route.upstream not in config.upstreams:
+            problems.append((f"{where}.upstream", _unknown("upstream", route.upstream, config.upstreams)))
+        problems.extend(_path_problems(router, route, where))
+    for name, upstream in config.upstreams.items():
+        if upstream.weights is not None and len(upstream.weights) != len(upstream.targets):
+            problems.append((f"upstreams.{name}.weights",
+                             f"needs one weight per target ({len(upstream.targets)}), got {len(upstream.weights)}"))
+    owners: dict[str, str] = {}
+    for name, consumer in config.consumers.items():
+        for j, key in enumerate(consumer.api_keys):
+            if not key:
+                problems.append((f"consumers.{name}.api_keys[{j}]", "must not be empty"))
+            elif key in owners:
+                problems.append((f"consumers.{name}.api_keys[{j}]", f"the same key is given to consumer {owners[key]!r}"))
+            owners.setdefault(key, name)
+    return problems
+
+
+def _path_problems(router: web.UrlDispatcher, route: RouteConfig, where: str) -> list[Problem]:
+    async def never(_: web.Request) -> web.StreamResponse:  # pragma: no cover - never called
+        raise RuntimeError
+
+    problems: list[Problem] = []
+    try:
+        for method in route.methods or ["*"]:
+            router.add_route(method, route.path, never)
+    except (ValueError, RuntimeError) as exc:
+        problems.append((f"{where}.path", str(exc)))
+    if route.rewrite is not None:
+        params = set(_PARAM.findall(route.path))
+        if not route.rewrite.startswith("/"):
+            problems.append((f"{where}.rewrite", f"must start with '/', got {route.rewrite!r}"))
+        for name in _PARAM.findall(route.rewrite):
+            if name not in params:
+                problems.append((f"{where}.rewrite", f"{{{name}}} is not a parameter of path {route.path!r}"))
+    return problems
+
+
+def _unknown(kind: str, name: str, known: Mapping[str, object]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown {kind} {name!r}{hint}"
+
+
+# --- turning pydantic's errors into located, readable messages -------------------------
+
+
+def _pydantic_problems(exc: ValidationError, model: type[BaseModel], prefix: str) -> list[Problem]:
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    for error in exc.errors():
+        loc = tuple(error["loc"])
+        location = _location(prefix, loc)
+        if location in seen:
+            continue
+        seen.add(location)
+        problems.append((location, _message(error, model, loc)))
+    return problems
+
+
+def _location(prefix: str, loc: tuple[int | str, ...]) -> str:
+    out = prefix
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _message(error: Any, model: type[BaseModel], loc: tuple[int | str, ...]) -> str:
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    value = error.get("input")
+    if kind == "missing":
+        return "is required"
+    if kind == "extra_forbidden":
+        known = _fields_at(model, loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        allowed = f"; allowed: {', '.join(known)}" if known and not close else ""
+        return f"unknown key{hint}{allowed}"
+    if kind == "greater_than" and ctx.get("gt") == 0 and isinstance(value, int):
+        return f"must be a positive integer, got {value!r}"
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return f"must be an integer, got {value!r}"
+    if kind == "bool_type" or kind == "bool_parsing":
+        return f"must be true or false, got {value!r}"
+    if kind == "string_type":
+        return f"must be a string, got {value!r}"
+    if kind == "list_type":
+        return f"must be an array, got {value!r}"
+    if kind in ("model_type", "dict_type", "model_attributes_type"):
+        return f"must be a table, got {value!r}"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected')}, got {value!r}"
+    if kind == "too_short":
+        return "must not be empty"
+    if kind == "string_pattern_mismatch":
+        return f"must match {ctx.get('pattern')!r}, got {value!r}"
+    if kind in ("value_error", "assertion_error"):
+        return str(ctx.get("error", error["msg"]))
+    message = str(error["msg"])
+    return f"{message[:1].lower()}{message[1:]}, got {value!r}"
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
+    """The field names of the table at ``loc`` (for "did you mean" hints)."""
+    current: Any = model
+    for part in loc:
+        current = _unwrap(current)
+        if isinstance(current, type) and issubclass(current, BaseModel) and isinstance(part, str):
+            field = current.model_fields.get(part)
+            if field is None:
+                return []
+            current = field.annotation
+        elif typing.get_origin(current) in (list, dict):
+            current = typing.get_args(current)[-1]
+        else:
+            return []
+    current = _unwrap(current)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _unwrap(annotation: Any) -> Any:
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is typing.Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif origin in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(annotation) if a is not type(None)]
+            annotation = args[0] if len(args) == 1 else annotation
+            if len(args) != 1:
+                return annotation
+        else:
+            return annotation

@@ -1,0 +1,55 @@
+"""Running one gateway process until SIGTERM/SIGINT, reloading on SIGHUP."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+
+from gateway.config_load import LoadedConfig
+from gateway.serve import GatewayProcess
+
+log = logging.getLogger("gateway")
+
+
+def event_loop_runner() -> asyncio.Runner:
+    """An asyncio runner on uvloop when it is installed (faster I/O), else the default loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency, but keep running without it
+        return asyncio.Runner()
+    return asyncio.Runner(loop_factory=uvloop.new_event_loop)
+
+
+def run_single(loaded: LoadedConfig, args: argparse.Namespace) -> int:
+    with event_loop_runner() as runner:
+        return runner.run(serve_until_signal(loaded, args))
+
+
+async def serve_until_signal(loaded: LoadedConfig, args: argparse.Namespace) -> int:
+    process = GatewayProcess(
+        loaded,
+        listen=args.listen,
+        admin_listen=args.admin_listen,
+        reuse_port=args.reuse_port,
+        count_reloads=not args.supervised,
+    )
+    await process.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    reloads: set[asyncio.Task[tuple[bool, str]]] = set()
+
+    def on_hup() -> None:
+        task = loop.create_task(process.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    await stop.wait()
+    log.info("draining: no new connections, finishing requests in flight")
+    await process.drain()
+    log.info("stopped")
+    return 0

@@ -1,0 +1,79 @@
+"""The proxy terminal: turn the client's request into the upstream call (SPEC §3) and
+hand back the upstream's answer as a stream."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable, Mapping
+from urllib.parse import quote
+
+from gateway.client import UpstreamRequest
+from gateway.forwarding import TrustedProxies, strip_hop_by_hop
+from gateway.http import Request, Response
+from gateway.upstream import UpstreamHandler
+
+_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::[^}]*)?\}")
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"
+
+
+def compile_rewrite(template: str) -> Callable[[Mapping[str, str]], str]:
+    """Compile ``/users/{rest}`` once into a function of the route's path parameters."""
+    parts: list[tuple[bool, str]] = []
+    position = 0
+    for match in _PARAM.finditer(template):
+        parts.append((False, template[position:match.start()]))
+        parts.append((True, match.group(1)))
+        position = match.end()
+    parts.append((False, template[position:]))
+
+    def render(params: Mapping[str, str]) -> str:
+        return "".join(quote(params[v], safe=_PATH_SAFE) if is_param else v for is_param, v in parts)
+
+    return render
+
+
+class ProxyTerminal:
+    """Forward a request to one upstream through its stack."""
+
+    def __init__(
+        self,
+        *,
+        route: str,
+        upstream: str,
+        stack: UpstreamHandler,
+        trusted: TrustedProxies,
+        timeout: float,
+        rewrite: str | None,
+        preserve_host: bool,
+    ) -> None:
+        self.route = route
+        self.upstream = upstream
+        self.stack = stack
+        self.trusted = trusted
+        self.timeout = timeout
+        self.rewrite = compile_rewrite(rewrite) if rewrite is not None else None
+        self.preserve_host = preserve_host
+
+    async def __call__(self, request: Request) -> Response:
+        incoming = request.headers
+        headers = strip_hop_by_hop(incoming, request=True)
+        peer_trusted = self.trusted.trusts(request.peer)
+        forwarded = incoming.get("X-Forwarded-For")
+        headers["X-Forwarded-For"] = f"{forwarded}, {request.peer}" if forwarded else request.peer
+        if not (peer_trusted and "X-Forwarded-Proto" in incoming):
+            headers["X-Forwarded-Proto"] = request.scheme
+        if not (peer_trusted and "X-Forwarded-Host" in incoming):
+            headers["X-Forwarded-Host"] = request.host
+        if self.preserve_host:
+            headers["Host"] = request.host
+        headers[request.request_id_header] = request.request_id
+        path = self.rewrite(request.params) if self.rewrite is not None else request.path
+        if request.query_string:
+            path = f"{path}?{request.query_string}"
+        body = None if request.body.empty else request.body
+        deadline = asyncio.get_running_loop().time() + self.timeout
+        call = UpstreamRequest(
+            request.method, path, headers, body, route=self.route, upstream=self.upstream, deadline=deadline
+        )
+        return await self.stack(call)

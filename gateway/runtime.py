@@ -1,0 +1,136 @@
+"""A loaded config made runnable: upstreams, plugin instances and the route table.
+
+Built without I/O (so ``gateway check`` builds it too); ``start``/``stop`` run the plugins'
+hooks. A reload builds a new Runtime and swaps it in; requests in flight keep the old one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_urldispatcher import AbstractRoute
+
+from gateway.chain import build_chain
+from gateway.config_load import ConfigError, LoadedConfig, PluginUse, Problem
+from gateway.config_model import RouteConfig
+from gateway.errors import MethodNotAllowed, NotFound
+from gateway.forwarding import TrustedProxies
+from gateway.metrics import UNMATCHED, Metrics, RequestMetrics
+from gateway.plugin import ClientHolder, Plugin, PluginContext
+from gateway.proxy import ProxyTerminal
+from gateway.upstream import Upstream
+
+
+@dataclass(frozen=True)
+class CompiledRoute:
+    """Everything the edge needs for one route, resolved once."""
+
+    name: str
+    config: RouteConfig
+    handler: Any  # gateway.compose.Handler
+    metrics: RequestMetrics
+    max_body_bytes: int
+    plugins: tuple[Plugin[Any], ...]
+
+
+async def _route_marker(request: web.Request) -> web.StreamResponse:  # pragma: no cover
+    """aiohttp's router needs a handler per route; the Runtime maps routes to chains instead."""
+    raise RuntimeError("routes are dispatched by gateway.server, not by aiohttp")
+
+
+class Runtime:
+    """Routes, plugins and upstreams of one config version."""
+
+    def __init__(self, loaded: LoadedConfig, metrics: Metrics, client: ClientHolder) -> None:
+        config = loaded.config
+        settings = config.gateway
+        self.loaded = loaded
+        self.metrics = metrics
+        self.settings = settings
+        self.trusted = TrustedProxies(settings.trusted_proxies)
+        self.upstreams = {name: Upstream(name, up, client) for name, up in config.upstreams.items()}
+        problems: list[Problem] = []
+
+        def instantiate(uses: Sequence[PluginUse], route: str | None) -> list[Plugin[Any]]:
+            context = PluginContext(route, settings, config.consumers, metrics, client)
+            out = []
+            for use in uses:
+                try:
+                    out.append(use.cls(use.config, context))
+                except (ValueError, TypeError) as exc:
+                    problems.append((use.location, str(exc)))
+            return out
+
+        self.global_plugins = tuple(instantiate(loaded.global_plugins, None))
+        self.router = web.UrlDispatcher()
+        self._by_route: dict[AbstractRoute, CompiledRoute] = {}
+        self.routes: list[CompiledRoute] = []
+        for route, uses in zip(config.routes, loaded.route_plugins, strict=True):
+            plugins = (*self.global_plugins, *instantiate(uses, route.name))
+            terminal = self._terminal(route)
+            handler = build_chain(route.name, plugins, terminal, metrics.plugin_duration)
+            compiled = CompiledRoute(
+                route.name, route, handler, RequestMetrics(metrics, route.name),
+                route.max_body_bytes if route.max_body_bytes is not None else settings.max_body_bytes,
+                plugins,
+            )
+            self.routes.append(compiled)
+            for method in route.methods or ["*"]:
+                self._by_route[self.router.add_route(method, route.path, _route_marker)] = compiled
+        if problems:
+            raise ConfigError(loaded.source, problems)
+        self.router.freeze()
+        self.unmatched = RequestMetrics(metrics, UNMATCHED)
+        self.active = 0  # requests in flight on this version (a reload waits for 0)
+
+    def _terminal(self, route: RouteConfig) -> ProxyTerminal:
+        upstream_name = route.upstream or ""
+        upstream = self.upstreams[upstream_name]
+        return ProxyTerminal(
+            route=route.name,
+            upstream=upstream_name,
+            stack=upstream.stack(route.name, self.metrics),
+            trusted=self.trusted,
+            timeout=route.timeout if route.timeout is not None else self.settings.timeout,
+            rewrite=route.rewrite,
+            preserve_host=route.preserve_host,
+        )
+
+    async def match(self, request: web.BaseRequest) -> tuple[CompiledRoute, dict[str, str]]:
+        """The route for a request and its path parameters; NotFound/MethodNotAllowed otherwise."""
+        info = await self.router.resolve(request)  # type: ignore[arg-type]
+        if info.http_exception is None:
+            return self._by_route[info.route], dict(info)
+        if isinstance(info.http_exception, web.HTTPMethodNotAllowed):
+            raise MethodNotAllowed(request.method, info.http_exception.allowed_methods)
+        raise NotFound(f"no route matches {request.method} {request.path}")
+
+    def all_plugins(self) -> list[Plugin[Any]]:
+        """Each plugin instance once (global ones are shared by every route)."""
+        seen: dict[int, Plugin[Any]] = {}
+        for route in self.routes:
+            for plugin in route.plugins:
+                seen.setdefault(id(plugin), plugin)
+        for plugin in self.global_plugins:
+            seen.setdefault(id(plugin), plugin)
+        return list(seen.values())
+
+    async def start(self) -> None:
+        started: list[Plugin[Any]] = []
+        try:
+            for plugin in self.all_plugins():
+                await plugin.startup()
+                started.append(plugin)
+        except BaseException:
+            for plugin in reversed(started):
+                await plugin.shutdown()
+            raise
+
+    async def stop(self) -> None:
+        for plugin in reversed(self.all_plugins()):
+            await plugin.shutdown()
+
+

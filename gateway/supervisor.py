@@ -1,0 +1,155 @@
+"""``workers = N``: N gateway processes share the public port (SO_REUSEPORT) under this
+supervisor, which serves the admin listener with /metrics summed over the workers
+(prometheus-client multiprocess mode), forwards reloads and drains them all on SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+
+from aiohttp import web
+
+from gateway.admin import AdminSource, admin_app
+from gateway.config_load import ConfigError, LoadedConfig, load_config
+from gateway.serve import split_listen
+
+log = logging.getLogger("gateway.supervisor")
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def prepare_multiprocess_dir() -> str:
+    """Point prometheus-client at a fresh, empty directory (before it is imported)."""
+    path = os.environ.get(MULTIPROC_ENV) or tempfile.mkdtemp(prefix="gateway-metrics-")
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path)
+    os.environ[MULTIPROC_ENV] = path
+    return path
+
+
+class Supervisor(AdminSource):
+    def __init__(self, loaded: LoadedConfig, args: argparse.Namespace, workers: int) -> None:
+        from gateway.metrics import Metrics
+
+        self.loaded = loaded
+        self.args = args
+        self.count = workers
+        self.listen = args.listen or loaded.config.gateway.listen
+        self.admin_listen = args.admin_listen if args.admin_listen is not None else loaded.config.gateway.admin_listen
+        self.metrics = Metrics()
+        self.procs: dict[int, asyncio.subprocess.Process] = {}
+        self.draining = False
+        self.last_reload: tuple[float, str] | None = None
+        if split_listen(self.listen)[1] == 0:
+            raise SystemExit("workers > 1 needs a fixed port in --listen / gateway.listen")
+
+    def _worker_argv(self) -> list[str]:
+        a = self.args
+        argv = [sys.executable, "-m", "gateway", "run", self.loaded.source, "--listen", self.listen,
+                "--admin-listen", "", "--workers", "1", "--reuse-port", "--supervised",
+                "--log-format", a.log_format, "--log-level", a.log_level]
+        return argv
+
+    async def spawn(self, slot: int) -> None:
+        proc = await asyncio.create_subprocess_exec(*self._worker_argv())
+        self.procs[slot] = proc
+        log.info("worker %d started (pid %d)", slot, proc.pid)
+
+    async def watch(self, slot: int) -> None:
+        """Restart a worker that dies while not draining."""
+        from prometheus_client import multiprocess
+
+        while True:
+            proc = self.procs[slot]
+            code = await proc.wait()
+            multiprocess.mark_process_dead(proc.pid)
+            if self.draining:
+                return
+            log.error("worker %d (pid %d) exited with %s; restarting", slot, proc.pid, code)
+            await asyncio.sleep(0.5)
+            await self.spawn(slot)
+
+    # -- admin -------------------------------------------------------------------------
+
+    def is_ready(self) -> bool:
+        return not self.draining and len(self.procs) == self.count and all(
+            p.returncode is None for p in self.procs.values())
+
+    def metrics_text(self) -> tuple[bytes, str]:
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+
+    def current_config(self) -> LoadedConfig:
+        return self.loaded
+
+    async def reload(self) -> tuple[bool, str]:
+        try:
+            loaded = load_config(self.loaded.source)
+        except ConfigError as exc:
+            self.metrics.config_reloads.labels("failure").inc()
+            self.last_reload = (time.time(), "failure")
+            message = "\n".join(exc.lines())
+            log.error("config reload failed, keeping the running config:\n%s", message)
+            return False, message
+        self.loaded = loaded
+        for proc in self.procs.values():
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGHUP)
+        self.metrics.config_reloads.labels("success").inc()
+        self.last_reload = (time.time(), "success")
+        return True, loaded.summary()
+
+    # -- main ---------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        runner = None
+        if self.admin_listen:
+            runner = web.AppRunner(admin_app(self), handle_signals=False, access_log=None)
+            await runner.setup()
+            host, port = split_listen(self.admin_listen)
+            await web.TCPSite(runner, host, port).start()
+        for slot in range(self.count):
+            await self.spawn(slot)
+        watchers = [loop.create_task(self.watch(slot)) for slot in range(self.count)]
+        await stop.wait()
+        self.draining = True
+        log.info("draining %d workers", self.count)
+        for proc in self.procs.values():
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        grace = self.loaded.config.gateway.drain_timeout + 5
+        try:
+            async with asyncio.timeout(grace):
+                await asyncio.gather(*(p.wait() for p in self.procs.values()))
+        except TimeoutError:
+            for proc in self.procs.values():
+                if proc.returncode is None:
+                    proc.kill()
+        for task in watchers:
+            task.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
+        if runner is not None:
+            await runner.cleanup()
+        return 0
+
+
+def run_supervisor(loaded: LoadedConfig, args: argparse.Namespace, workers: int) -> int:
+    from gateway.process_main import event_loop_runner
+
+    with event_loop_runner() as runner:
+        return runner.run(Supervisor(loaded, args, workers).run())
