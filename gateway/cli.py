@@ -32,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     run.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     run.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
+    run.add_argument("--ready-file", help=argparse.SUPPRESS)
     run.set_defaults(func=_run)
 
     check = sub.add_parser("check", help="validate CONFIG and exit")

@@ -96,13 +96,13 @@ class UpstreamBody:
         try:
             async for chunk in self._response.content.iter_chunked(CHUNK):
                 yield chunk
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise UpstreamReset(f"upstream body broke off: {type(exc).__name__}") from None
 
     async def read(self) -> bytes:
         try:
             return await self._response.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise UpstreamReset(f"upstream body broke off: {type(exc).__name__}") from None
 
     def release(self) -> None:

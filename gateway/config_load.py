@@ -92,12 +92,15 @@ def load_text(
     secrets: set[str] = set()
     _find_env_refs(raw, "", secrets)
     expanded = expand(raw, os.environ if env is None else env, "", problems)
+    registry = registry if registry is not None else Registry.discover()
     try:
         config = Config.model_validate(expanded)
     except ValidationError as exc:
         problems.extend(_pydantic_problems(exc, Config, ""))
+        # Report plugin option problems in the same run, not after the next fix.
+        for prefix, specs in _raw_plugin_lists(expanded):
+            _plugins(specs, prefix, registry, problems)
         raise ConfigError(source, problems) from None
-    registry = registry if registry is not None else Registry.discover()
     global_plugins = tuple(_plugins(config.plugins, "plugins", registry, problems))
     route_plugins = tuple(
         tuple(_plugins(route.plugins, f"routes[{i}].plugins", registry, problems))
@@ -118,6 +121,21 @@ def _find_env_refs(value: Any, path: str, found: set[str]) -> None:
     elif isinstance(value, list):
         for index, item in enumerate(value):
             _find_env_refs(item, f"{path}[{index}]", found)
+
+
+def _raw_plugin_lists(raw: Any) -> list[tuple[str, list[PluginSpec]]]:
+    """The plugin lists of an invalid config that are themselves well-formed."""
+    if not isinstance(raw, dict):
+        return []
+    found: list[tuple[str, Any]] = [("plugins", raw.get("plugins"))]
+    routes = raw.get("routes")
+    if isinstance(routes, list):
+        found += [(f"routes[{i}].plugins", r.get("plugins")) for i, r in enumerate(routes) if isinstance(r, dict)]
+    out = []
+    for prefix, specs in found:
+        if isinstance(specs, list) and all(isinstance(s, dict) and isinstance(s.get("use"), str) for s in specs):
+            out.append((prefix, [PluginSpec.model_validate(s) for s in specs]))
+    return out
 
 
 def _plugins(
@@ -164,7 +182,9 @@ def _cross_checks(config: Config) -> list[Problem]:
             if not key:
                 problems.append((f"consumers.{name}.api_keys[{j}]", "must not be empty"))
             elif key in owners:
-                problems.append((f"consumers.{name}.api_keys[{j}]", f"the same key is given to consumer {owners[key]!r}"))
+                problems.append(
+                    (f"consumers.{name}.api_keys[{j}]", f"the same key is given to consumer {owners[key]!r}")
+                )
             owners.setdefault(key, name)
     return problems
 
@@ -175,7 +195,8 @@ def _path_problems(router: web.UrlDispatcher, route: RouteConfig, where: str) ->
 
     problems: list[Problem] = []
     try:
-        for method in route.methods or ["*"]:
+        methods: list[str] = list(route.methods) if route.methods else ["*"]
+        for method in methods:
             router.add_route(method, route.path, never)
     except (ValueError, RuntimeError) as exc:
         problems.append((f"{where}.path", str(exc)))
@@ -213,7 +234,7 @@ def _pydantic_problems(exc: ValidationError, model: type[BaseModel], prefix: str
 
 def _location(prefix: str, loc: tuple[int | str, ...]) -> str:
     out = prefix
-    for i, part in enumerate(loc):
+    for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
         else:

@@ -48,7 +48,7 @@ Cidr = Annotated[str, AfterValidator(_check_cidr)]
 
 
 def _check_listen(value: str) -> str:
-    host, sep, port = value.rpartition(":")
+    _, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f'must be "HOST:PORT", got {value!r}')
     return value

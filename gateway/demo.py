@@ -6,6 +6,7 @@ Not part of the gateway itself; they give the example routes.toml something to c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from aiohttp import web
@@ -15,7 +16,10 @@ log = logging.getLogger("gateway.demo")
 USERS = {
     "1": {"id": 1, "name": "Ada Lovelace", "email": "ada@example.com", "address": {"city": "London", "zip": "W1"}},
     "2": {"id": 2, "name": "Alan Turing", "email": "alan@example.com", "address": {"city": "Wilmslow", "zip": "SK9"}},
-    "3": {"id": 3, "name": "Grace Hopper", "email": "grace@example.com", "address": {"city": "New York", "zip": "10001"}},
+    "3": {
+        "id": 3, "name": "Grace Hopper", "email": "grace@example.com",
+        "address": {"city": "New York", "zip": "10001"},
+    },
 }
 ORDERS = {
     "1": [{"id": 101, "item": "notebook", "total": 12.5}, {"id": 102, "item": "pencils", "total": 3.2}],
@@ -100,7 +104,5 @@ def run_demo(host: str, port: int) -> None:
             for runner in runners:
                 await runner.cleanup()
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())
-    except KeyboardInterrupt:
-        pass

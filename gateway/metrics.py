@@ -6,8 +6,19 @@ Labels are always config names (route, upstream, plugin) or small closed sets
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+import os
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+    multiprocess,
+)
 from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.multiprocess import MultiProcessCollector
 
 import gateway
 
@@ -15,9 +26,22 @@ UNMATCHED = "_unmatched"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"})
 REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 # ``*_created`` series double the output and are rarely queried; gateways usually omit them.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 HOP_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1)
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    """The text exposition: of ``registry``, or summed over every process in multiprocess mode."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return generate_latest(registry)
+
+
+def mark_process_dead(pid: int) -> None:
+    """Forget a dead worker's live gauges (multiprocess mode)."""
+    multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
 def method_label(method: str) -> str:
@@ -97,16 +121,16 @@ class RequestMetrics:
 
     def observe(self, method: str, status: int, source: str, seconds: float) -> None:
         """Count one finished request and record its duration."""
+        method = method if method in METHODS else "other"  # keys stay bounded too
         key = (method, status, source)
         counter = self._counts.get(key)
         if counter is None:
-            label = method_label(method)
-            counter = self._metrics.requests.labels(self.route, label, str(status), source)
+            counter = self._metrics.requests.labels(self.route, method, str(status), source)
             self._counts[key] = counter
         counter.inc()
         duration = self._durations.get(method)
         if duration is None:
-            duration = self._metrics.request_duration.labels(self.route, method_label(method))
+            duration = self._metrics.request_duration.labels(self.route, method)
             self._durations[method] = duration
         duration.observe(seconds)  # type: ignore[attr-defined]
 

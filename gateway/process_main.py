@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import signal
+from pathlib import Path
 
 from gateway.config_load import LoadedConfig
 from gateway.serve import GatewayProcess
@@ -36,6 +37,8 @@ async def serve_until_signal(loaded: LoadedConfig, args: argparse.Namespace) -> 
         count_reloads=not args.supervised,
     )
     await process.start()
+    if args.ready_file:  # tells a supervisor this worker is listening
+        Path(args.ready_file).touch()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     reloads: set[asyncio.Task[tuple[bool, str]]] = set()

@@ -6,6 +6,7 @@ hooks. A reload builds a new Runtime and swaps it in; requests in flight keep th
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -78,13 +79,15 @@ class Runtime:
                 plugins,
             )
             self.routes.append(compiled)
-            for method in route.methods or ["*"]:
+            methods: list[str] = list(route.methods) if route.methods else ["*"]
+            for method in methods:
                 self._by_route[self.router.add_route(method, route.path, _route_marker)] = compiled
         if problems:
             raise ConfigError(loaded.source, problems)
         self.router.freeze()
         self.unmatched = RequestMetrics(metrics, UNMATCHED)
-        self.active = 0  # requests in flight on this version (a reload waits for 0)
+        self.active = 0  # requests in flight on this version (a retired version waits for 0)
+        self._idle: asyncio.Event | None = None
 
     def _terminal(self, route: RouteConfig) -> ProxyTerminal:
         upstream_name = route.upstream or ""
@@ -107,6 +110,20 @@ class Runtime:
         if isinstance(info.http_exception, web.HTTPMethodNotAllowed):
             raise MethodNotAllowed(request.method, info.http_exception.allowed_methods)
         raise NotFound(f"no route matches {request.method} {request.path}")
+
+    def enter(self) -> None:
+        self.active += 1
+
+    def leave(self) -> None:
+        self.active -= 1
+        if self.active == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def idle(self) -> None:
+        """Return once no request is in flight on this version (after it was swapped out)."""
+        if self.active:
+            self._idle = asyncio.Event()
+            await self._idle.wait()
 
     def all_plugins(self) -> list[Plugin[Any]]:
         """Each plugin instance once (global ones are shared by every route)."""

@@ -4,18 +4,18 @@ the current Runtime, reloads and the graceful drain."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import os
 import socket
 import time
-from pathlib import Path
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.admin import AdminSource, admin_app
 from gateway.client import new_session
 from gateway.config_load import ConfigError, LoadedConfig, load_config
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, render
 from gateway.plugin import ClientHolder
 from gateway.runtime import Runtime
 from gateway.server import Edge
@@ -124,9 +124,9 @@ class GatewayProcess(AdminSource):
         return False, message
 
     async def _retire(self, old: Runtime) -> None:
-        deadline = time.monotonic() + self.loaded.config.gateway.drain_timeout
-        while old.active and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.loaded.config.gateway.drain_timeout):
+                await old.idle()
         await old.stop()
 
     # -- what the admin listener shows -----------------------------------------------
@@ -135,14 +135,7 @@ class GatewayProcess(AdminSource):
         return self.started and not self.draining
 
     def metrics_text(self) -> tuple[bytes, str]:
-        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-        from prometheus_client.multiprocess import MultiProcessCollector
-
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            registry = CollectorRegistry()
-            MultiProcessCollector(registry)
-            return generate_latest(registry), CONTENT_TYPE_LATEST
-        return generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST
+        return render(self.metrics.registry), CONTENT_TYPE_LATEST
 
     def current_config(self) -> LoadedConfig:
         return self.loaded

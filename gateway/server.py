@@ -12,8 +12,8 @@ from multidict import CIMultiDict
 
 from gateway.compose import Handler
 from gateway.errors import GatewayError, InternalError, PayloadTooLarge, error_response
-from gateway.ids import new_request_id, sane_request_id
 from gateway.http import Body, BodyTooLarge, Request, Response
+from gateway.ids import new_request_id, sane_request_id
 from gateway.metrics import RequestMetrics
 from gateway.runtime import Runtime
 
@@ -57,7 +57,7 @@ class Edge:
         request: Request | None = None
         status = CLIENT_CLOSED
         source = "gateway"
-        runtime.active += 1
+        runtime.enter()
         try:
             try:
                 route, params = await runtime.match(raw)
@@ -75,7 +75,7 @@ class Edge:
             status, source = out.status, response.source
             return out
         finally:
-            runtime.active -= 1
+            runtime.leave()
             if route_name is not None:
                 metrics.inflight.dec()
             metrics.observe(raw.method, status, source, time.perf_counter() - start)

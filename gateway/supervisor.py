@@ -13,6 +13,7 @@ import signal
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 from aiohttp import web
 
@@ -44,31 +45,35 @@ class Supervisor(AdminSource):
         self.admin_listen = args.admin_listen if args.admin_listen is not None else loaded.config.gateway.admin_listen
         self.metrics = Metrics()
         self.procs: dict[int, asyncio.subprocess.Process] = {}
+        self.ready_files: dict[int, Path] = {}
+        self._spawned = 0
         self.draining = False
         self.last_reload: tuple[float, str] | None = None
         if split_listen(self.listen)[1] == 0:
             raise SystemExit("workers > 1 needs a fixed port in --listen / gateway.listen")
 
-    def _worker_argv(self) -> list[str]:
+    def _worker_argv(self, ready_file: Path) -> list[str]:
         a = self.args
-        argv = [sys.executable, "-m", "gateway", "run", self.loaded.source, "--listen", self.listen,
+        return [sys.executable, "-m", "gateway", "run", self.loaded.source, "--listen", self.listen,
                 "--admin-listen", "", "--workers", "1", "--reuse-port", "--supervised",
-                "--log-format", a.log_format, "--log-level", a.log_level]
-        return argv
+                "--log-format", a.log_format, "--log-level", a.log_level, "--ready-file", str(ready_file)]
 
     async def spawn(self, slot: int) -> None:
-        proc = await asyncio.create_subprocess_exec(*self._worker_argv())
+        self._spawned += 1
+        ready_file = Path(os.environ[MULTIPROC_ENV]) / f"ready-{self._spawned}"
+        self.ready_files[slot] = ready_file
+        proc = await asyncio.create_subprocess_exec(*self._worker_argv(ready_file))
         self.procs[slot] = proc
         log.info("worker %d started (pid %d)", slot, proc.pid)
 
     async def watch(self, slot: int) -> None:
         """Restart a worker that dies while not draining."""
-        from prometheus_client import multiprocess
+        from gateway.metrics import mark_process_dead
 
         while True:
             proc = self.procs[slot]
             code = await proc.wait()
-            multiprocess.mark_process_dead(proc.pid)
+            mark_process_dead(proc.pid)
             if self.draining:
                 return
             log.error("worker %d (pid %d) exited with %s; restarting", slot, proc.pid, code)
@@ -78,16 +83,19 @@ class Supervisor(AdminSource):
     # -- admin -------------------------------------------------------------------------
 
     def is_ready(self) -> bool:
-        return not self.draining and len(self.procs) == self.count and all(
-            p.returncode is None for p in self.procs.values())
+        return (
+            not self.draining
+            and len(self.procs) == self.count
+            and all(p.returncode is None for p in self.procs.values())
+            and all(f.exists() for f in self.ready_files.values())
+        )
 
     def metrics_text(self) -> tuple[bytes, str]:
-        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-        from prometheus_client.multiprocess import MultiProcessCollector
+        from prometheus_client import CONTENT_TYPE_LATEST
 
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
+        from gateway.metrics import render
+
+        return render(self.metrics.registry), CONTENT_TYPE_LATEST
 
     def current_config(self) -> LoadedConfig:
         return self.loaded

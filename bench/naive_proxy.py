@@ -1,0 +1,72 @@
+"""The baseline: the reverse proxy a typical developer writes with aiohttp in 30 lines.
+
+One ClientSession, the whole request body read, method/path/headers forwarded, the whole
+upstream answer read and returned as a ``web.Response``. No streaming, no hop-by-hop
+handling beyond what aiohttp needs to not break, no metrics, no plugins. It runs on uvloop,
+like the gateway (gateway/process_main.py), so the comparison is about the proxy code.
+
+    python bench/naive_proxy.py --listen 127.0.0.1:8000 --upstream http://127.0.0.1:8001
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+import aiohttp
+import uvloop
+from aiohttp import web
+
+# Headers aiohttp sets itself on the way out (forwarding them would break the framing).
+DROP = {"Host", "Content-Length", "Transfer-Encoding", "Connection", "Keep-Alive"}
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+
+
+def make_app(upstream: str) -> web.Application:
+    app = web.Application()
+
+    async def open_session(app: web.Application) -> None:
+        app[SESSION] = aiohttp.ClientSession()
+
+    async def close_session(app: web.Application) -> None:
+        await app[SESSION].close()
+
+    async def proxy(request: web.Request) -> web.Response:
+        body = await request.read()
+        headers = {k: v for k, v in request.headers.items() if k.title() not in DROP}
+        session = request.app[SESSION]
+        async with session.request(
+            request.method, upstream + request.path_qs, headers=headers, data=body or None, allow_redirects=False
+        ) as upstream_response:
+            payload = await upstream_response.read()
+            out = {k: v for k, v in upstream_response.headers.items() if k.title() not in DROP}
+            return web.Response(status=upstream_response.status, headers=out, body=payload)
+
+    app.on_startup.append(open_session)
+    app.on_cleanup.append(close_session)
+    app.router.add_route("*", "/{tail:.*}", proxy)
+    return app
+
+
+async def serve(host: str, port: int, upstream: str) -> None:
+    runner = web.AppRunner(make_app(upstream), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port, backlog=1024).start()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--listen", required=True, help="HOST:PORT")
+    parser.add_argument("--upstream", required=True, help="http://HOST:PORT")
+    args = parser.parse_args()
+    host, _, port = args.listen.rpartition(":")
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(serve(host, int(port), args.upstream.rstrip("/")))
+
+
+if __name__ == "__main__":
+    main()
