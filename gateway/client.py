@@ -59,7 +59,9 @@ def new_session() -> aiohttp.ClientSession:
 class UpstreamRequest:
     """One call to an upstream as the upstream stack sees it."""
 
-    __slots__ = ("method", "path_qs", "headers", "body", "route", "upstream", "target", "attempt", "deadline")
+    __slots__ = (
+        "method", "path_qs", "headers", "body", "route", "upstream", "target", "attempt", "deadline", "websocket",
+    )
 
     def __init__(
         self,
@@ -81,6 +83,7 @@ class UpstreamRequest:
         self.target = ""
         self.attempt = 1
         self.deadline = deadline  # loop time by which response headers must have arrived
+        self.websocket = False  # ask the upstream to switch to WebSocket
 
 
 class UpstreamBody:
@@ -112,14 +115,22 @@ class UpstreamBody:
 class Sender:
     """The innermost hop of every upstream stack: one HTTP exchange with one target."""
 
-    def __init__(self, session_source: Any, timeouts: aiohttp.ClientTimeout, response_timeout: float) -> None:
+    def __init__(
+        self, session_source: Any, timeouts: aiohttp.ClientTimeout, response_timeout: float, max_msg_size: int
+    ) -> None:
         self._sessions = session_source  # gateway.plugin.ClientHolder
         self._timeouts = timeouts
         self._response_timeout = response_timeout
+        self._max_msg_size = max_msg_size
 
     async def __call__(self, request: UpstreamRequest) -> Response:
         loop = asyncio.get_running_loop()
         deadline = min(request.deadline, loop.time() + self._response_timeout)
+        if request.websocket:
+            from gateway.websocket import open_websocket
+
+            request.deadline = deadline
+            return await open_websocket(self._sessions.session, request, self._max_msg_size)
         body = request.body
         data: Any
         if body is None or isinstance(body, bytes):

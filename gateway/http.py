@@ -181,10 +181,20 @@ class BodyStream(Protocol):
         """Give the connection back (or close it) once the body is no longer wanted."""
 
 
+class Upgrade(Protocol):
+    """A connection that switches protocol once the edge accepts the client's upgrade."""
+
+    async def accept(self, raw: Any) -> Any:
+        """Finish the handshake on the client connection and relay until closed."""
+
+    def release(self) -> None:
+        """The upgrade will not happen (e.g. a plugin replaced the response)."""
+
+
 class Response:
     """One response as the plugin chain sees it: bytes in ``body`` or a ``stream``."""
 
-    __slots__ = ("status", "headers", "body", "stream", "source")
+    __slots__ = ("status", "headers", "body", "stream", "source", "upgrade")
 
     def __init__(
         self,
@@ -200,6 +210,8 @@ class Response:
         self.body = body
         self.stream = stream
         self.source = source
+        # A protocol switch (WebSocket) the edge completes on the client connection.
+        self.upgrade: Upgrade | None = None
 
     @classmethod
     def json(cls, data: Any, status: int = 200) -> Response:
@@ -212,3 +224,6 @@ class Response:
         if self.stream is not None:
             self.stream.release()
             self.stream = None
+        if self.upgrade is not None:
+            self.upgrade.release()
+            self.upgrade = None

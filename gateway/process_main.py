@@ -38,7 +38,7 @@ async def serve_until_signal(loaded: LoadedConfig, args: argparse.Namespace) -> 
     )
     await process.start()
     if args.ready_file:  # tells a supervisor this worker is listening
-        Path(args.ready_file).touch()
+        await asyncio.to_thread(Path(args.ready_file).touch)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     reloads: set[asyncio.Task[tuple[bool, str]]] = set()

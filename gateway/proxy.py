@@ -12,6 +12,7 @@ from gateway.client import UpstreamRequest
 from gateway.forwarding import TrustedProxies, strip_hop_by_hop
 from gateway.http import Request, Response
 from gateway.upstream import UpstreamHandler
+from gateway.websocket import wants_websocket
 
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::[^}]*)?\}")
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
@@ -46,6 +47,7 @@ class ProxyTerminal:
         timeout: float,
         rewrite: str | None,
         preserve_host: bool,
+        websocket: bool = False,
     ) -> None:
         self.route = route
         self.upstream = upstream
@@ -54,9 +56,11 @@ class ProxyTerminal:
         self.timeout = timeout
         self.rewrite = compile_rewrite(rewrite) if rewrite is not None else None
         self.preserve_host = preserve_host
+        self.websocket = websocket
 
     async def __call__(self, request: Request) -> Response:
         incoming = request.headers
+        upgrade = self.websocket and wants_websocket(incoming)
         headers = strip_hop_by_hop(incoming, request=True)
         peer_trusted = self.trusted.trusts(request.peer)
         forwarded = incoming.get("X-Forwarded-For")
@@ -76,4 +80,5 @@ class ProxyTerminal:
         call = UpstreamRequest(
             request.method, path, headers, body, route=self.route, upstream=self.upstream, deadline=deadline
         )
+        call.websocket = upgrade
         return await self.stack(call)

@@ -52,7 +52,9 @@ class Runtime:
         self.metrics = metrics
         self.settings = settings
         self.trusted = TrustedProxies(settings.trusted_proxies)
-        self.upstreams = {name: Upstream(name, up, client) for name, up in config.upstreams.items()}
+        self.upstreams = {
+            name: Upstream(name, up, client, settings.max_body_bytes) for name, up in config.upstreams.items()
+        }
         problems: list[Problem] = []
 
         def instantiate(uses: Sequence[PluginUse], route: str | None) -> list[Plugin[Any]]:
@@ -100,6 +102,7 @@ class Runtime:
             timeout=route.timeout if route.timeout is not None else self.settings.timeout,
             rewrite=route.rewrite,
             preserve_host=route.preserve_host,
+            websocket=route.websocket,
         )
 
     async def match(self, request: web.BaseRequest) -> tuple[CompiledRoute, dict[str, str]]:

@@ -114,6 +114,8 @@ class Edge:
         self, raw: web.BaseRequest, response: Response, request: Request | None,
         request_id: str, route: str | None,
     ) -> web.StreamResponse:
+        if response.upgrade is not None:
+            return await response.upgrade.accept(raw)  # type: ignore[no-any-return]
         headers = response.headers
         headers[request.request_id_header if request is not None else "X-Request-ID"] = request_id
         stream = response.stream

@@ -28,14 +28,14 @@ UpstreamLayer = Layer[UpstreamRequest, Response]
 class Upstream:
     """One ``[upstreams.NAME]``: its targets, balancer and client settings."""
 
-    def __init__(self, name: str, config: UpstreamConfig, client: ClientHolder) -> None:
+    def __init__(self, name: str, config: UpstreamConfig, client: ClientHolder, max_msg_size: int) -> None:
         self.name = name
         self.config = config
         self.balancer = Balancer(config.balance, config.targets, config.weights)
         timeouts = aiohttp.ClientTimeout(
             total=None, sock_connect=config.timeout.connect, sock_read=config.timeout.idle
         )
-        self.sender = Sender(client, timeouts, config.timeout.response)
+        self.sender = Sender(client, timeouts, config.timeout.response, max_msg_size)
 
     def stack(self, route: str, metrics: Metrics) -> UpstreamHandler:
         """The composed call path to this upstream for one route."""
@@ -53,7 +53,9 @@ class Upstream:
         except BaseException:
             balancer.release(target)
             raise
-        if response.stream is None:
+        if response.upgrade is not None:
+            balancer.release(target)  # a long-lived tunnel is not a request in flight
+        elif response.stream is None:
             balancer.release(target)
         else:
             response.stream = _Tracked(response.stream, lambda: balancer.release(target))
