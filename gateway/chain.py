@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from gateway.compose import Handler, Layer, compose
-from gateway.errors import GatewayError
-from gateway.http import Request, Response
+from gateway.errors import GatewayError, InternalError
+from gateway.http import BodyTooLarge, Request, Response
 from gateway.plugin import Plugin
 
 log = logging.getLogger("gateway.chain")
@@ -37,7 +37,7 @@ def timed_plugin(plugin: Plugin[Any], histogram_child: Any, route: str) -> Layer
         start = time.perf_counter()
         try:
             return await handle(request, call_next)
-        except GatewayError:
+        except (GatewayError, BodyTooLarge):
             raise
         except Exception:
             log.exception("plugin %s failed on route %s", name, route)
@@ -51,12 +51,18 @@ def timed_plugin(plugin: Plugin[Any], histogram_child: Any, route: str) -> Layer
 
 
 def timed_terminal(terminal: Handler) -> Handler:
-    """Record the terminal's time so the plugin above it can subtract it."""
+    """Record the terminal's time so the plugin above it can subtract it (and keep a
+    terminal's crash from being blamed on the last plugin)."""
 
     async def hop(request: Request) -> Response:
         start = time.perf_counter()
         try:
             return await terminal(request)
+        except (GatewayError, BodyTooLarge):
+            raise
+        except Exception:
+            log.exception("route %s: the terminal failed", request.route)
+            raise InternalError("the gateway failed to handle this request") from None
         finally:
             request._below += time.perf_counter() - start
 

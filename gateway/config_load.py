@@ -92,6 +92,7 @@ def load_text(
     secrets: set[str] = set()
     _find_env_refs(raw, "", secrets)
     expanded = expand(raw, os.environ if env is None else env, "", problems)
+    env_problems = list(problems)  # an unset variable is reported once, not again as a bad value
     registry = registry if registry is not None else Registry.discover()
     try:
         config = Config.model_validate(expanded)
@@ -100,7 +101,7 @@ def load_text(
         # Report plugin option problems in the same run, not after the next fix.
         for prefix, specs in _raw_plugin_lists(expanded):
             _plugins(specs, prefix, registry, problems)
-        raise ConfigError(source, problems) from None
+        raise ConfigError(source, _once_per_unset_variable(env_problems, problems)) from None
     global_plugins = tuple(_plugins(config.plugins, "plugins", registry, problems))
     route_plugins = tuple(
         tuple(_plugins(route.plugins, f"routes[{i}].plugins", registry, problems))
@@ -108,8 +109,13 @@ def load_text(
     )
     problems.extend(_cross_checks(config))
     if problems:
-        raise ConfigError(source, problems)
+        raise ConfigError(source, _once_per_unset_variable(env_problems, problems))
     return LoadedConfig(source, config, global_plugins, route_plugins, frozenset(secrets))
+
+
+def _once_per_unset_variable(env_problems: list[Problem], problems: list[Problem]) -> list[Problem]:
+    unset = {loc for loc, _ in env_problems}
+    return env_problems + [p for p in problems[len(env_problems):] if p[0] not in unset]
 
 
 def _find_env_refs(value: Any, path: str, found: set[str]) -> None:

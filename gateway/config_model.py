@@ -18,10 +18,10 @@ from pydantic import (
 
 from gateway.units import parse_duration, parse_size
 
-DURATION_SCHEMA = {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|h)\s*$",
+DURATION_SCHEMA = {"type": "string", "pattern": r"^\s*[0-9]+(\.[0-9]+)?\s*(ms|s|m|h)\s*$",
                    "description": 'A duration such as "250ms", "5s", "1m".'}
 SIZE_SCHEMA = {"anyOf": [{"type": "integer", "minimum": 0},
-                         {"type": "string", "pattern": r"^\s*\d+\s*(B|KB|MB|GB|KiB|MiB|GiB)?\s*$"}],
+                         {"type": "string", "pattern": r"^\s*[0-9]+\s*(B|KB|MB|GB|KiB|MiB|GiB)?\s*$"}],
                "description": 'Bytes, or a size such as "10MiB".'}
 
 

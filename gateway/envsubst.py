@@ -14,6 +14,7 @@ def expand(
 ) -> Any:
     """Return ``value`` with every environment reference expanded.
 
+    ``${VAR:-default}`` takes the default when VAR is unset or empty, as in the shell.
     Walks tables and arrays; a reference to an unset variable without a default is recorded in
     ``errors`` as ``(location, message)`` and left as an empty string.
     """
@@ -24,10 +25,12 @@ def expand(
         def replace(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
             found = env.get(name)
+            if found:
+                return found
+            if default is not None:  # like the shell: ":-" covers unset and empty
+                return default
             if found is not None:
                 return found
-            if default is not None:
-                return default
             errors.append((path, f"environment variable {name} is not set (use ${{{name}:-default}} for a default)"))
             return ""
 

@@ -7,18 +7,14 @@ import ipaddress
 from collections.abc import Iterable
 from functools import lru_cache
 
-from multidict import CIMultiDict, CIMultiDictProxy, istr
+from multidict import CIMultiDict, CIMultiDictProxy
 
 HOP_BY_HOP = frozenset(
-    istr(h)
-    for h in (
-        "Connection", "Keep-Alive", "TE", "Trailer", "Trailers", "Transfer-Encoding", "Upgrade",
-        "Proxy-Connection", "Proxy-Authenticate", "Proxy-Authorization",
-    )
+    ("connection", "keep-alive", "te", "trailer", "trailers", "transfer-encoding", "upgrade")
 )
 # Also never forwarded upstream: the client's Host (unless preserve_host) and Expect, which
 # the gateway answers itself.
-_REQUEST_ONLY = frozenset((istr("Host"), istr("Expect")))
+_REQUEST_ONLY = frozenset(("host", "expect"))
 
 
 def strip_hop_by_hop(
@@ -31,9 +27,8 @@ def strip_hop_by_hop(
     drop = _REQUEST_ONLY if request else frozenset()
     out: CIMultiDict[str] = CIMultiDict()
     for key, value in headers.items():
-        if key in HOP_BY_HOP or key in drop or (named and key.lower() in named):
-            continue
-        if key.startswith(("Proxy-", "proxy-")):
+        lower = key.lower()
+        if lower in HOP_BY_HOP or lower in drop or lower in named or lower.startswith("proxy-"):
             continue
         out.add(key, value)
     return out

@@ -7,8 +7,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.config_model import Config
+from gateway.config_model import DURATION_SCHEMA, Config
 from gateway.registry import Registry
+from gateway.units import format_duration
+
+
+def _duration_defaults_as_strings(node: Any) -> None:
+    """Durations are validated to seconds; show their defaults as routes.toml spells them."""
+    if isinstance(node, dict):
+        default = node.get("default")
+        if node.get("pattern") == DURATION_SCHEMA["pattern"] and isinstance(default, (int, float)):
+            node["default"] = format_duration(default)
+        for value in node.values():
+            _duration_defaults_as_strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            _duration_defaults_as_strings(value)
 
 
 def json_schema(registry: Registry | None = None) -> dict[str, Any]:
@@ -36,6 +50,7 @@ def json_schema(registry: Registry | None = None) -> dict[str, Any]:
         "required": ["use"],
     })
     defs["PluginSpec"] = {"anyOf": variants}
+    _duration_defaults_as_strings(schema)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "gateway routes.toml"
     return schema

@@ -88,7 +88,7 @@ class Edge:
         body = Body(raw.content if raw.body_exists else None, raw.content_length, limit, _continue_sender(raw))
         headers = CIMultiDict(raw.headers)
         return Request(
-            raw.method, raw.raw_path.split("?", 1)[0], raw.query_string, headers, body,
+            raw.method, *_split_target(raw.raw_path), headers, body,
             params=params,
             client_ip=runtime.trusted.client_ip(peer, headers.get("X-Forwarded-For")),
             peer=peer, scheme=raw.scheme, host=raw.host, version=(raw.version.major, raw.version.minor),
@@ -150,6 +150,12 @@ class Edge:
         response = error_response(exc, route, request_id)
         response.headers["X-Request-ID"] = request_id
         return _Whole(status=response.status, headers=response.headers, body=response.body)
+
+
+def _split_target(target: str) -> tuple[str, str]:
+    """Path and query exactly as the client sent them (still percent-encoded)."""
+    path, _, query = target.partition("?")
+    return path, query
 
 
 def _continue_sender(raw: web.BaseRequest) -> Callable[[], None] | None:

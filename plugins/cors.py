@@ -4,13 +4,14 @@ upstream) and add the CORS headers to actual responses."""
 from __future__ import annotations
 
 import re
+from collections.abc import MutableMapping
 
 from multidict import CIMultiDict
 from pydantic import Field
 
 from gateway import Handler, Plugin, PluginConfig, PluginContext, Request, Response
 from gateway.config_model import Duration
-from gateway.errors import Forbidden
+from gateway.errors import Forbidden, GatewayError
 
 
 class CorsConfig(PluginConfig):
@@ -59,17 +60,28 @@ class Cors(Plugin[CorsConfig]):
         wanted = request.headers.get("Access-Control-Request-Method")
         if request.method == "OPTIONS" and wanted is not None:
             return self._preflight(origin, wanted, request.headers.get("Access-Control-Request-Headers"))
-        response = await call_next(request)
+        try:
+            response = await call_next(request)
+        except GatewayError as exc:
+            # A browser can read an error (a 401 from auth, a 429) only with these headers too.
+            if self._allows(origin):
+                self._decorate(origin, exc.headers)
+            raise
         if self._allows(origin):
-            headers = response.headers
-            headers["Access-Control-Allow-Origin"] = self._allow_origin(origin)
-            if self.config.credentials:
-                headers["Access-Control-Allow-Credentials"] = "true"
-            if self._expose:
-                headers["Access-Control-Expose-Headers"] = self._expose
-            if not self._any or self.config.credentials:
-                headers.add("Vary", "Origin")
+            self._decorate(origin, response.headers)
         return response
+
+    def _decorate(self, origin: str, headers: MutableMapping[str, str]) -> None:
+        headers["Access-Control-Allow-Origin"] = self._allow_origin(origin)
+        if self.config.credentials:
+            headers["Access-Control-Allow-Credentials"] = "true"
+        if self._expose:
+            headers["Access-Control-Expose-Headers"] = self._expose
+        if not self._any or self.config.credentials:
+            if isinstance(headers, CIMultiDict):
+                headers.add("Vary", "Origin")  # keep the upstream's own Vary values
+            else:
+                headers["Vary"] = "Origin"
 
     def _preflight(self, origin: str, method: str, requested_headers: str | None) -> Response:
         if not self._allows(origin):

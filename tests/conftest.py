@@ -74,8 +74,8 @@ async def upstream() -> AsyncIterator[StartUpstream]:
 
         app = web.Application(middlewares=[record], client_max_size=1024**3)
         app.router.add_route("*", "/{tail:.*}", handler or default)
-        server = TestServer(app, host="127.0.0.1", auto_decompress=False)
-        await server.start_server()
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server(auto_decompress=False)  # TestServer() drops runner options
         servers.append(server)
         return Upstream(server, seen, bodies)
 

@@ -105,11 +105,12 @@ async def test_two_workers_share_the_port_and_metrics_are_summed(
 def metric_file_has_requests(path: Path) -> bool:
     from prometheus_client.mmap_dict import MmapedDict
 
-    values = MmapedDict(str(path), read_mode=True)
+    values = MmapedDict(str(path), read_mode=True)  # type: ignore[no-untyped-call]
     try:
-        return any('"gateway_requests_total"' in key and value > 0 for key, value, _ in values.read_all_values())
+        entries = values.read_all_values()  # type: ignore[no-untyped-call]
+        return any('"gateway_requests_total"' in key and value > 0 for key, value, _ in entries)
     finally:
-        values.close()
+        values.close()  # type: ignore[no-untyped-call]
 
 
 async def test_supervisor_restarts_a_worker_that_dies(
@@ -139,7 +140,7 @@ async def test_reload_swaps_routes_and_a_bad_file_keeps_the_old_config(
 ) -> None:
     up = await upstream()
     gw = await spawn_gateway(_config(up.url))
-    config = Path(gw.proc.args[4])  # type: ignore[index]
+    config = Path(str(gw.proc.args[4]))  # type: ignore[index]
     config.write_text(config.read_text().replace('path = "/{tail:.*}"', 'path = "/v2/{tail:.*}"'))
     gw.signal(signal.SIGHUP)
     async with aiohttp.ClientSession() as session:

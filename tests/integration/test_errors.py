@@ -1,0 +1,216 @@
+"""SPEC §8: every error the gateway makes itself is an RFC 9457 problem document."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import struct
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from gateway.serve import free_port
+from tests.conftest import StartGateway, StartUpstream, url
+from tests.integration.test_proxy_headers import raw_connection, raw_upstream, read_request_head, read_response
+
+PROBLEM_KEYS = {"type", "title", "status", "detail", "request_id"}
+
+
+def assert_problem(
+    status: int, headers: Mapping[str, str], body: bytes, expected: int, *, route: str | None = None
+) -> dict[str, Any]:
+    """Check one problem+json answer and return the decoded document."""
+    assert status == expected, body
+    assert headers["Content-Type"].split(";")[0].strip() == "application/problem+json"
+    document = json.loads(body)
+    assert isinstance(document, dict)
+    assert set(document) >= PROBLEM_KEYS, document
+    assert document["status"] == expected
+    assert isinstance(document["type"], str) and document["type"]
+    assert isinstance(document["title"], str) and document["title"]
+    assert isinstance(document["detail"], str)
+    assert document["request_id"] == headers["X-Request-ID"]
+    if route is not None:
+        assert document["route"] == route
+    text = body.decode()
+    assert "Traceback" not in text
+    return document
+
+
+def assert_no_internal_address(body: bytes, target: str) -> None:
+    """Neither the upstream's host:port nor its port alone leaks into what the client sees."""
+    host_port = target.split("://", 1)[1]
+    port = host_port.rsplit(":", 1)[1]
+    document = json.loads(body)
+    text = body.decode().replace(str(document.get("request_id", "")), "")  # a random id may hold digits
+    assert host_port not in text
+    assert port not in text
+    assert "127.0.0.1" not in text
+
+
+def config(target: str, *, route_extra: str = "", gateway_extra: str = "") -> str:
+    return f"""
+        [gateway]
+        {gateway_extra}
+        [upstreams.svc]
+        targets = ["{target}"]
+        timeout = {{ connect = "1s", response = "5s" }}
+        [[routes]]
+        name = "svc"
+        path = "/svc/{{rest:.*}}"
+        methods = ["GET", "POST"]
+        upstream = "svc"
+        {route_extra}
+    """
+
+
+async def test_unmatched_path_is_404(
+    upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    up = await upstream()
+    gw = await gateway(config(up.url))
+    async with http.get(url(gw, "/nowhere/at/all")) as response:
+        document = assert_problem(response.status, response.headers, await response.read(), 404)
+    assert document.get("route") in (None, "_unmatched")
+    assert up.hits == 0
+
+
+async def test_request_id_of_a_problem_is_the_clients_sane_id(
+    upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    up = await upstream()
+    gw = await gateway(config(up.url))
+    async with http.get(url(gw, "/nowhere"), headers={"X-Request-ID": "trace-77"}) as response:
+        document = assert_problem(response.status, response.headers, await response.read(), 404)
+    assert document["request_id"] == "trace-77"
+
+
+async def test_method_not_allowed_is_405_with_allow(
+    upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    up = await upstream()
+    gw = await gateway(config(up.url))
+    async with http.delete(url(gw, "/svc/thing")) as response:
+        assert_problem(response.status, response.headers, await response.read(), 405)
+        allowed = {m.strip() for m in response.headers["Allow"].split(",")}
+    assert {"GET", "POST"} <= allowed
+    assert "DELETE" not in allowed
+    assert up.hits == 0
+
+
+async def test_body_too_large_by_content_length_is_413_up_front(
+    upstream: StartUpstream, gateway: StartGateway
+) -> None:
+    up = await upstream()
+    gw = await gateway(config(up.url, gateway_extra="max_body_bytes = 1000"))
+    async with raw_connection(gw.port) as (reader, writer):
+        # Only the headers: the answer must come without the gateway waiting for the body.
+        writer.write(b"POST /svc/upload HTTP/1.1\r\nHost: gw\r\nContent-Length: 5000\r\n\r\n")
+        await writer.drain()
+        response = await read_response(reader, within=3.0)
+    assert_problem(response.status, dict(response.headers), response.body, 413, route="svc")
+    assert up.hits == 0
+
+
+async def test_chunked_body_over_the_limit_is_413_while_streaming(
+    upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    up = await upstream()
+    gw = await gateway(config(up.url, route_extra="max_body_bytes = 1000"))
+
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(5):
+            yield b"x" * 500
+
+    async with http.post(url(gw, "/svc/upload"), data=body()) as response:
+        assert_problem(response.status, response.headers, await response.read(), 413, route="svc")
+    assert all(len(b) <= 1000 for b in up.bodies)
+
+
+async def test_connect_refused_is_502(gateway: StartGateway, http: aiohttp.ClientSession) -> None:
+    target = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    gw = await gateway(config(target))
+    async with http.get(url(gw, "/svc/x")) as response:
+        body = await response.read()
+        assert_problem(response.status, response.headers, body, 502, route="svc")
+    assert_no_internal_address(body, target)
+
+
+async def _reset_mid_headers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await read_request_head(reader)
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/pl")
+    await writer.drain()
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close → RST
+    writer.transport.abort()
+
+
+async def test_upstream_reset_mid_headers_is_502(gateway: StartGateway, http: aiohttp.ClientSession) -> None:
+    async with raw_upstream(_reset_mid_headers) as target:
+        gw = await gateway(config(target))
+        async with http.post(url(gw, "/svc/x"), data=b"payload") as response:
+            body = await response.read()
+            assert_problem(response.status, response.headers, body, 502, route="svc")
+    assert_no_internal_address(body, target)
+
+
+async def test_upstream_slower_than_route_timeout_is_504(
+    upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    release = asyncio.Event()
+
+    async def slow(_: web.Request) -> web.StreamResponse:
+        async with asyncio.timeout(5):
+            await release.wait()
+        return web.Response(text="late")
+
+    up = await upstream(slow)
+    gw = await gateway(config(up.url, route_extra='timeout = "300ms"'))
+    started = time.monotonic()
+    try:
+        async with http.get(url(gw, "/svc/slow")) as response:
+            body = await response.read()
+            elapsed = time.monotonic() - started
+            assert_problem(response.status, response.headers, body, 504, route="svc")
+    finally:
+        release.set()
+    assert 0.25 <= elapsed < 2.0, elapsed
+    assert_no_internal_address(body, up.url)
+
+
+async def _expect_rejected_headers(port: int, request: bytes) -> int:
+    """Send ``request`` raw and return the status the gateway answers with (never a hang)."""
+    async with raw_connection(port) as (reader, writer):
+        writer.write(request)
+        with contextlib.suppress(ConnectionError):  # the server may stop reading once it has decided
+            await writer.drain()
+        response = await read_response(reader, within=5.0)
+    return response.status
+
+
+async def test_one_oversized_request_header_is_400_or_431(
+    upstream: StartUpstream, gateway: StartGateway
+) -> None:
+    up = await upstream()
+    gw = await gateway(config(up.url))
+    status = await _expect_rejected_headers(
+        gw.port, b"GET /svc/x HTTP/1.1\r\nHost: gw\r\nX-Huge: " + b"a" * 100_000 + b"\r\n\r\n"
+    )
+    assert status in (400, 431)
+    assert up.hits == 0
+
+
+async def test_many_request_headers_totalling_too_much_are_400_or_431(
+    upstream: StartUpstream, gateway: StartGateway
+) -> None:
+    up = await upstream()
+    gw = await gateway(config(up.url))
+    fields = b"".join(b"X-Field-%d: %s\r\n" % (i, b"v" * 4000) for i in range(200))  # ~800 KB
+    status = await _expect_rejected_headers(gw.port, b"GET /svc/x HTTP/1.1\r\nHost: gw\r\n" + fields + b"\r\n")
+    assert status in (400, 431)
+    assert up.hits == 0

@@ -1,0 +1,303 @@
+"""SPEC §3, bodies: bytes pass through identical, framing is kept, memory stays flat."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.conftest import GatewaySubprocess, StartGateway, StartUpstream, url
+from tests.integration.test_proxy_headers import (
+    RawHead,
+    parse_request_head,
+    proxy_config,
+    raw_connection,
+    raw_upstream,
+    read_request_head,
+    read_response,
+)
+
+MiB = 1024 * 1024
+
+
+def _compressible(size: int) -> bytes:
+    """Text that compresses, but not to nothing (so the gzip body is still sizeable)."""
+    return os.urandom(size // 2).hex().encode()[:size]
+
+
+async def _echo(request: web.Request) -> web.StreamResponse:
+    return web.Response(body=await request.read(), headers={"Content-Type": "application/octet-stream"})
+
+
+# --- Content-Encoding passes untouched ------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [2_000, 300_000], ids=["small", "streamed"])
+async def test_gzip_response_passes_compressed_and_untouched(
+    size: int, upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    compressed = gzip.compress(_compressible(size))
+
+    async def handler(_: web.Request) -> web.StreamResponse:
+        return web.Response(body=compressed, headers={"Content-Encoding": "gzip", "Content-Type": "text/plain"})
+
+    up = await upstream(handler)
+    gw = await gateway(proxy_config(up.url))
+    # The client asks for gzip; the http fixture does not decompress.
+    async with http.get(url(gw, "/svc/z"), headers={"Accept-Encoding": "gzip"}) as response:
+        assert response.status == 200
+        assert response.headers["Content-Encoding"] == "gzip"
+        assert await response.read() == compressed
+    assert up.requests[0].headers["Accept-Encoding"] == "gzip"
+
+
+async def test_gzip_request_body_reaches_upstream_byte_identical(
+    gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    # A raw upstream: an aiohttp upstream would itself decompress what it receives.
+    compressed = gzip.compress(b'{"items": [' + b",".join(b"%d" % i for i in range(50_000)) + b"]}")
+    seen: list[tuple[RawHead, bytes]] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = parse_request_head(await read_request_head(reader))
+        body = await reader.readexactly(int(head.headers["Content-Length"]))
+        seen.append((head, body))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+
+    async with raw_upstream(handler) as target:
+        gw = await gateway(proxy_config(target))
+        async with http.post(
+            url(gw, "/svc/in"), data=compressed,
+            headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+        ) as response:
+            assert response.status == 200
+            assert await response.read() == b"ok"
+    assert len(seen) == 1
+    head, body = seen[0]
+    assert head.headers["Content-Encoding"] == "gzip"
+    assert head.headers["Content-Length"] == str(len(compressed))
+    assert body == compressed
+
+
+# --- big bodies both ways ------------------------------------------------------------------
+
+
+async def test_8mib_body_round_trips_identical(
+    upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    payload = os.urandom(8 * MiB)
+    up = await upstream(_echo)
+    gw = await gateway(proxy_config(up.url))
+    async with http.post(url(gw, "/svc/echo"), data=payload) as response:
+        assert response.status == 200
+        echoed = await response.read()
+    assert hashlib.sha256(up.bodies[0]).hexdigest() == hashlib.sha256(payload).hexdigest()
+    assert len(echoed) == len(payload)
+    assert echoed == payload
+
+
+async def test_8mib_download_is_identical(
+    upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    payload = os.urandom(8 * MiB)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        out = web.StreamResponse()  # chunked from the upstream
+        await out.prepare(request)
+        for i in range(0, len(payload), MiB):
+            await out.write(payload[i:i + MiB])
+        await out.write_eof()
+        return out
+
+    up = await upstream(handler)
+    gw = await gateway(proxy_config(up.url))
+    async with http.get(url(gw, "/svc/dl")) as response:
+        assert response.status == 200
+        assert await response.read() == payload
+
+
+# --- request framing ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [10, 200_000], ids=["small", "streamed"])
+async def test_content_length_upload_arrives_with_content_length(
+    size: int, upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    payload = os.urandom(size)
+    up = await upstream()
+    gw = await gateway(proxy_config(up.url))
+    async with http.put(url(gw, "/svc/put"), data=payload) as response:
+        assert response.status == 200
+    got = up.requests[0].headers
+    assert got.getall("Content-Length") == [str(size)]
+    assert "Transfer-Encoding" not in got
+    assert up.bodies == [payload]
+
+
+async def test_chunked_upload_stays_chunked(
+    upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    parts = [os.urandom(50_000) for _ in range(5)]
+
+    async def body() -> AsyncIterator[bytes]:
+        for part in parts:
+            yield part
+
+    up = await upstream()
+    gw = await gateway(proxy_config(up.url))
+    async with http.post(url(gw, "/svc/chunked"), data=body()) as response:
+        assert response.status == 200
+    got = up.requests[0].headers
+    assert got.get("Transfer-Encoding", "").lower() == "chunked"
+    assert "Content-Length" not in got
+    assert up.bodies == [b"".join(parts)]
+
+
+# --- responses without a body ----------------------------------------------------------------
+
+
+async def test_head_keeps_upstream_content_length_and_sends_no_body(
+    upstream: StartUpstream, gateway: StartGateway
+) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.method == "HEAD":
+            return web.Response(body=b"x" * 12345, headers={"Content-Type": "text/plain"})
+        return web.Response(text="next")
+
+    up = await upstream(handler)
+    gw = await gateway(proxy_config(up.url))
+    async with raw_connection(gw.port) as (reader, writer):
+        writer.write(b"HEAD /svc/h HTTP/1.1\r\nHost: gw\r\n\r\n")
+        await writer.drain()
+        head = await read_response(reader, no_body=True)
+        assert head.status == 200
+        assert head.get("Content-Length") == "12345"
+        # Any stray body byte would corrupt the next response on this connection.
+        writer.write(b"GET /svc/next HTTP/1.1\r\nHost: gw\r\n\r\n")
+        await writer.drain()
+        follow = await read_response(reader)
+    assert follow.status == 200
+    assert follow.body == b"next"
+
+
+async def test_204_has_no_body(upstream: StartUpstream, gateway: StartGateway) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.path == "/empty":
+            return web.Response(status=204)
+        return web.Response(text="next")
+
+    up = await upstream(handler)
+    gw = await gateway(proxy_config(up.url))
+    async with raw_connection(gw.port) as (reader, writer):
+        writer.write(b"DELETE /svc/empty HTTP/1.1\r\nHost: gw\r\n\r\n")
+        await writer.drain()
+        empty = await read_response(reader)
+        assert empty.status == 204
+        assert "transfer-encoding" not in empty.names
+        assert empty.get("Content-Length") in (None, "0")
+        writer.write(b"GET /svc/next HTTP/1.1\r\nHost: gw\r\n\r\n")
+        await writer.drain()
+        follow = await read_response(reader)
+    assert follow.status == 200
+    assert follow.body == b"next"
+
+
+# --- load balancing -------------------------------------------------------------------------------
+
+
+async def test_round_robin_alternates_between_targets(
+    upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    def named(name: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handler(_: web.Request) -> web.StreamResponse:
+            return web.Response(text=name)
+
+        return handler
+
+    a, b = await upstream(named("a")), await upstream(named("b"))
+    gw = await gateway(f"""
+        [upstreams.svc]
+        targets = ["{a.url}", "{b.url}"]
+        balance = "round_robin"
+        [[routes]]
+        name = "svc"
+        path = "/svc/{{rest:.*}}"
+        upstream = "svc"
+    """)
+    served = []
+    for _ in range(6):
+        async with http.get(url(gw, "/svc/rr")) as response:
+            assert response.status == 200
+            served.append(await response.text())
+    assert served in (["a", "b"] * 3, ["b", "a"] * 3)
+    assert (a.hits, b.hits) == (3, 3)
+
+
+# --- memory stays flat (a real subprocess) -------------------------------------------------------
+
+
+STREAM_CHUNK = MiB
+STREAM_CHUNKS = 300  # 300 MiB each way
+RSS_BOUND_KIB = 200 * 1024
+
+
+async def test_300mb_streams_both_ways_with_flat_memory(
+    upstream: StartUpstream, spawn_gateway: Callable[..., Awaitable[GatewaySubprocess]]
+) -> None:
+    chunk = b"\xa5" * STREAM_CHUNK
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.method == "POST":
+            received = 0
+            async for part in request.content.iter_chunked(256 * 1024):
+                received += len(part)
+            return web.json_response({"received": received})
+        out = web.StreamResponse()
+        out.content_length = STREAM_CHUNK * STREAM_CHUNKS
+        await out.prepare(request)
+        for _ in range(STREAM_CHUNKS):
+            await out.write(chunk)
+        await out.write_eof()
+        return out
+
+    up = await upstream(handler, record_bodies=False)
+    gw = await spawn_gateway(f"""
+        [gateway]
+        max_body_bytes = "1GiB"
+        [upstreams.svc]
+        targets = ["{up.url}"]
+        [[routes]]
+        name = "svc"
+        path = "/svc/{{rest:.*}}"
+        upstream = "svc"
+    """)
+    baseline = gw.peak_rss_kib()
+
+    async def upload() -> AsyncIterator[bytes]:
+        for _ in range(STREAM_CHUNKS):
+            yield chunk
+
+    started = time.monotonic()
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(auto_decompress=False, timeout=timeout) as session:
+        async with session.post(gw.url("/svc/up"), data=upload()) as response:
+            assert response.status == 200
+            assert await response.json() == {"received": STREAM_CHUNK * STREAM_CHUNKS}
+        downloaded = 0
+        async with session.get(gw.url("/svc/down")) as response:
+            assert response.status == 200
+            async for part in response.content.iter_chunked(256 * 1024):
+                downloaded += len(part)
+        assert downloaded == STREAM_CHUNK * STREAM_CHUNKS
+    elapsed = time.monotonic() - started
+    peak = gw.peak_rss_kib()
+    assert peak < RSS_BOUND_KIB, f"gateway peak RSS {peak} KiB (baseline {baseline} KiB)"
+    assert elapsed < 60
