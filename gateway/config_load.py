@@ -167,6 +167,7 @@ def _plugins(
 def _cross_checks(config: Config) -> list[Problem]:
     problems: list[Problem] = []
     seen: dict[str, int] = {}
+    claimed: dict[tuple[str, str], int] = {}  # (path, method) -> route index
     router = web.UrlDispatcher()
     for i, route in enumerate(config.routes):
         where = f"routes[{i}]"
@@ -177,7 +178,13 @@ def _cross_checks(config: Config) -> list[Problem]:
             problems.append((where, 'has no terminal: set `upstream = "NAME"`'))
         elif route.upstream not in config.upstreams:
             problems.append((f"{where}.upstream", _unknown("upstream", route.upstream, config.upstreams)))
-        problems.extend(_path_problems(router, route, where))
+        shadow = _shadowed_by(claimed, route)
+        if shadow is not None:
+            problems.append((f"{where}.path", f"{route.path!r} is already served by routes[{shadow}] "
+                             "for the same methods, so this route would never be used"))
+        else:
+            problems.extend(_path_problems(router, route, where))
+            claimed.update(((route.path, m), i) for m in route.methods or ["*"])
     for name, upstream in config.upstreams.items():
         if upstream.weights is not None and len(upstream.weights) != len(upstream.targets):
             problems.append((f"upstreams.{name}.weights",
@@ -193,6 +200,15 @@ def _cross_checks(config: Config) -> list[Problem]:
                 )
             owners.setdefault(key, name)
     return problems
+
+
+def _shadowed_by(claimed: Mapping[tuple[str, str], int], route: RouteConfig) -> int | None:
+    """The earlier route that takes every request this one would get (same path, a shared method)."""
+    for method in route.methods or ["*"]:
+        for (path, other), index in claimed.items():
+            if path == route.path and (other == method or "*" in (other, method)):
+                return index
+    return None
 
 
 def _path_problems(router: web.UrlDispatcher, route: RouteConfig, where: str) -> list[Problem]:

@@ -72,7 +72,8 @@ Target = Annotated[str, AfterValidator(_check_target)]
 class Strict(BaseModel):
     """Base for every config table: unknown keys are errors, values are immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: "yes" is not a boolean and "2" is not a number — typos must not pass silently
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class GatewaySettings(Strict):
@@ -168,7 +169,7 @@ Method = Literal["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TR
 class RouteConfig(Strict):
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")]
     path: Annotated[str, Field(pattern=r"^/")]
-    methods: list[Method] | None = None
+    methods: Annotated[list[Method], Field(min_length=1)] | None = None
     upstream: str | None = None
     rewrite: str | None = None
     timeout: Duration | None = None

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 class PluginConfig(BaseModel):
     """Base for a plugin's options: unknown keys are errors, values are immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class ClientHolder:
