@@ -184,7 +184,7 @@ def _cross_checks(config: Config) -> list[Problem]:
                              "for the same methods, so this route would never be used"))
         else:
             problems.extend(_path_problems(router, route, where))
-            claimed.update(((route.path, m), i) for m in route.methods or ["*"])
+            claimed.update(((route.path, m), i) for m in route.method_list())
     for name, upstream in config.upstreams.items():
         if upstream.weights is not None and len(upstream.weights) != len(upstream.targets):
             problems.append((f"upstreams.{name}.weights",
@@ -204,7 +204,7 @@ def _cross_checks(config: Config) -> list[Problem]:
 
 def _shadowed_by(claimed: Mapping[tuple[str, str], int], route: RouteConfig) -> int | None:
     """The earlier route that takes every request this one would get (same path, a shared method)."""
-    for method in route.methods or ["*"]:
+    for method in route.method_list():
         for (path, other), index in claimed.items():
             if path == route.path and (other == method or "*" in (other, method)):
                 return index
@@ -217,8 +217,7 @@ def _path_problems(router: web.UrlDispatcher, route: RouteConfig, where: str) ->
 
     problems: list[Problem] = []
     try:
-        methods: list[str] = list(route.methods) if route.methods else ["*"]
-        for method in methods:
+        for method in route.method_list():
             router.add_route(method, route.path, never)
     except (ValueError, RuntimeError) as exc:
         problems.append((f"{where}.path", str(exc)))

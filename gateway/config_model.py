@@ -178,6 +178,10 @@ class RouteConfig(Strict):
     max_body_bytes: Size | None = None
     plugins: list[PluginSpec] = Field(default_factory=list)
 
+    def method_list(self) -> list[str]:
+        """The methods this route answers; ``["*"]`` for every method."""
+        return list(self.methods) if self.methods else ["*"]
+
 
 class Config(Strict):
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)

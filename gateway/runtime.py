@@ -81,8 +81,7 @@ class Runtime:
                 plugins,
             )
             self.routes.append(compiled)
-            methods: list[str] = list(route.methods) if route.methods else ["*"]
-            for method in methods:
+            for method in route.method_list():
                 self._by_route[self.router.add_route(method, route.path, _route_marker)] = compiled
         if problems:
             raise ConfigError(loaded.source, problems)
