@@ -97,7 +97,7 @@ def _routes(args: argparse.Namespace) -> int:
     for route in loaded.config.routes:
         terminal = f"upstream {route.upstream}" if route.upstream else "-"
         chain = " > ".join(global_uses + [p.use for p in route.plugins]) or "-"
-        rows.append((route.name, ",".join(route.methods or ["*"]), route.path, terminal, chain))
+        rows.append((route.name, ",".join(route.method_list()), route.path, terminal, chain))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4])
