@@ -98,7 +98,7 @@ def status_page(source: AdminSource) -> str:
     for route in config.routes:
         plugins = [p.use for p in config.plugins] + [p.use for p in route.plugins]
         rows.append(
-            f"<tr><td>{e(route.name)}</td><td>{e(','.join(route.methods or ['*']))}</td>"
+            f"<tr><td>{e(route.name)}</td><td>{e(','.join(route.method_list()))}</td>"
             f"<td><code>{e(route.path)}</code></td><td>upstream {e(route.upstream or '')}</td>"
             f"<td>{e(' → '.join(plugins) or '—')}</td></tr>"
         )
