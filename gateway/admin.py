@@ -17,7 +17,8 @@ from aiohttp import web
 from gateway.config_load import LoadedConfig
 
 REDACTED = "<redacted>"
-_SECRET_KEY = re.compile(r"(secret|password|passwd|token|api_keys|private|credential|users)", re.I)
+# Plugin options whose values are secrets (jwt secret, basic_auth users' hashes, keys, tokens).
+_SECRET_OPTION = re.compile(r"(secret|password|passwd|token|key|private|credential|users)", re.I)
 
 
 class AdminSource:
@@ -73,17 +74,24 @@ def admin_app(source: AdminSource) -> web.Application:
 
 
 def redacted_config(loaded: LoadedConfig) -> Any:
-    """The effective config as JSON, with every secret-looking or ${ENV}-supplied value hidden."""
+    """The effective config as JSON with secrets hidden: every value that came from ${ENV},
+    consumers' API keys, and plugin options named like secrets (secret, key, token, users...)."""
     data = loaded.config.model_dump(mode="json")
-    return _redact(data, "", loaded.secret_locations, False)
+    return _redact(data, "", loaded.secret_locations, hide=False, in_plugin=False)
 
 
-def _redact(value: Any, path: str, secrets: frozenset[str], hide: bool) -> Any:
+def _redact(value: Any, path: str, secrets: frozenset[str], *, hide: bool, in_plugin: bool) -> Any:
     if isinstance(value, dict):
-        return {k: _redact(v, f"{path}.{k}" if path else k, secrets, hide or bool(_SECRET_KEY.search(k)))
-                for k, v in value.items()}
+        out = {}
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else key
+            secret = hide or key == "api_keys" or (in_plugin and bool(_SECRET_OPTION.search(key)))
+            out[key] = _redact(item, where, secrets, hide=secret, in_plugin=in_plugin)
+        return out
     if isinstance(value, list):
-        return [_redact(v, f"{path}[{i}]", secrets, hide) for i, v in enumerate(value)]
+        plugins = path.endswith("plugins")
+        return [_redact(v, f"{path}[{i}]", secrets, hide=hide, in_plugin=in_plugin or plugins)
+                for i, v in enumerate(value)]
     if (hide or path in secrets) and isinstance(value, str) and value:
         return REDACTED
     return value

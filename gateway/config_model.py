@@ -139,7 +139,6 @@ class UpstreamConfig(Strict):
     balance: Literal["round_robin", "least_requests", "random"] = "round_robin"
     weights: list[PositiveInt] | None = None
     timeout: UpstreamTimeouts = Field(default_factory=UpstreamTimeouts)
-    max_connections: PositiveInt = 1000
     health: HealthConfig | None = None
     breaker: BreakerConfig | None = None
     retry: RetryConfig | None = None

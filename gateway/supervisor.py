@@ -19,6 +19,7 @@ from aiohttp import web
 
 from gateway.admin import AdminSource, admin_app
 from gateway.config_load import ConfigError, LoadedConfig, load_config
+from gateway.plugin import ClientHolder
 from gateway.serve import split_listen
 
 log = logging.getLogger("gateway.supervisor")
@@ -101,8 +102,11 @@ class Supervisor(AdminSource):
         return self.loaded
 
     async def reload(self) -> tuple[bool, str]:
+        from gateway.runtime import Runtime
+
         try:
             loaded = load_config(self.loaded.source)
+            Runtime(loaded, self.metrics, ClientHolder())  # plugins' own checks, as `gateway check` does
         except ConfigError as exc:
             self.metrics.config_reloads.labels("failure").inc()
             self.last_reload = (time.time(), "failure")
