@@ -72,6 +72,8 @@ class ProxyTerminal:
         if self.preserve_host:
             headers["Host"] = request.host
         headers[request.request_id_header] = request.request_id
+        if request.consumer is not None:
+            headers["X-Consumer"] = request.consumer
         path = self.rewrite(request.params) if self.rewrite is not None else request.path
         if request.query_string:
             path = f"{path}?{request.query_string}"

@@ -87,6 +87,7 @@ class Edge:
         peer = raw.remote or ""
         body = Body(raw.content if raw.body_exists else None, raw.content_length, limit, _continue_sender(raw))
         headers = CIMultiDict(raw.headers)
+        _drop_consumer_headers(headers)
         return Request(
             raw.method, *_split_target(raw.raw_path), headers, body,
             params=params,
@@ -150,6 +151,13 @@ class Edge:
         response = error_response(exc, route, request_id)
         response.headers["X-Request-ID"] = request_id
         return _Whole(status=response.status, headers=response.headers, body=response.body)
+
+
+def _drop_consumer_headers(headers: CIMultiDict[str]) -> None:
+    """X-Consumer* is the gateway's word on who the caller is; a client never gets to say it."""
+    spoofed = [key for key in headers if key[:10].lower() == "x-consumer"]
+    for key in spoofed:
+        headers.popall(key, None)
 
 
 def _split_target(target: str) -> tuple[str, str]:

@@ -589,3 +589,15 @@ async def test_expect_100_continue_upload(upstream: StartUpstream, gateway: Star
     got = up.requests[0].headers
     assert got["Content-Length"] == str(len(body))
     assert "Expect" not in got
+
+
+async def test_client_cannot_spoof_consumer_headers(
+    upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    up = await upstream()
+    gw = await gateway(proxy_config(up.url))
+    headers = {"X-Consumer": "admin", "x-consumer-id": "1", "X-Consumer-Groups": "root", "X-Consumers": "x"}
+    async with http.get(url(gw, "/svc/a"), headers=headers) as response:
+        assert response.status == 200
+    received = up.requests[0].headers
+    assert not [k for k in received if k.lower().startswith("x-consumer")]
