@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from gateway.config_model import Config, PluginSpec, RouteConfig
 from gateway.envsubst import expand
+from gateway.orchestration.plan import Plan, PlanError, build_plan
 from gateway.plugin import PluginConfig
 from gateway.registry import PluginClass, Registry
 
@@ -58,6 +59,7 @@ class LoadedConfig:
     global_plugins: tuple[PluginUse, ...]
     route_plugins: tuple[tuple[PluginUse, ...], ...]  # one tuple per route, in order
     secret_locations: frozenset[str]  # values that came from the environment
+    plans: tuple[Plan | None, ...] = ()  # one per route: the compiled steps of orchestrated routes
 
     def summary(self) -> str:
         count = len(self.global_plugins) + sum(len(p) for p in self.route_plugins)
@@ -108,9 +110,10 @@ def load_text(
         for i, route in enumerate(config.routes)
     )
     problems.extend(_cross_checks(config))
+    plans = tuple(_plan(route, i, config, problems) for i, route in enumerate(config.routes))
     if problems:
         raise ConfigError(source, _once_per_unset_variable(env_problems, problems))
-    return LoadedConfig(source, config, global_plugins, route_plugins, frozenset(secrets))
+    return LoadedConfig(source, config, global_plugins, route_plugins, frozenset(secrets), plans)
 
 
 def _once_per_unset_variable(env_problems: list[Problem], problems: list[Problem]) -> list[Problem]:
@@ -174,10 +177,7 @@ def _cross_checks(config: Config) -> list[Problem]:
         if route.name in seen:
             problems.append((f"{where}.name", f"{route.name!r} is already the name of routes[{seen[route.name]}]"))
         seen.setdefault(route.name, i)
-        if route.upstream is None:
-            problems.append((where, 'has no terminal: set `upstream = "NAME"`'))
-        elif route.upstream not in config.upstreams:
-            problems.append((f"{where}.upstream", _unknown("upstream", route.upstream, config.upstreams)))
+        problems.extend(_terminal_problems(route, where, config))
         shadow = _shadowed_by(claimed, route)
         if shadow is not None:
             problems.append((f"{where}.path", f"{route.path!r} is already served by routes[{shadow}] "
@@ -200,6 +200,40 @@ def _cross_checks(config: Config) -> list[Problem]:
                 )
             owners.setdefault(key, name)
     return problems
+
+
+_PROXY_ONLY = ("rewrite", "preserve_host", "websocket")
+_STEPS_ONLY = ("merge", "arrays", "errors_key", "status")
+
+
+def _terminal_problems(route: RouteConfig, where: str, config: Config) -> list[Problem]:
+    """Exactly one terminal: ``upstream`` (proxy) or ``steps`` (orchestration)."""
+    given = route.model_fields_set
+    if route.upstream is not None and route.steps:
+        return [(where, "has two terminals: set either `upstream` (proxy) or `[[routes.steps]]`, not both")]
+    if route.upstream is None and not route.steps:
+        return [(where, 'has no terminal: set `upstream = "NAME"` or add `[[routes.steps]]`')]
+    if route.upstream is not None:
+        problems = [(f"{where}.{key}", "only applies to a route with `[[routes.steps]]`")
+                    for key in _STEPS_ONLY if key in given]
+        if route.upstream not in config.upstreams:
+            problems.append((f"{where}.upstream", _unknown("upstream", route.upstream, config.upstreams)))
+        return problems
+    return [(f"{where}.{key}", "only applies to a proxy route (`upstream = ...`)")
+            for key in _PROXY_ONLY if key in given]
+
+
+def _plan(route: RouteConfig, index: int, config: Config, problems: list[Problem]) -> Plan | None:
+    if not route.steps or route.upstream is not None:
+        return None
+    try:
+        return build_plan(
+            route.steps, merge=route.merge, arrays=route.arrays, errors_key=route.errors_key, status=route.status,
+            path_params=_PARAM.findall(route.path), upstreams=config.upstreams, where=f"routes[{index}].steps",
+        )
+    except PlanError as exc:
+        problems.extend(exc.problems)
+        return None
 
 
 def _shadowed_by(claimed: Mapping[tuple[str, str], int], route: RouteConfig) -> int | None:

@@ -165,6 +165,29 @@ HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRA
 Method = Literal["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"]
 
 
+class StepConfig(Strict):
+    """One call of an orchestrated route (SPEC §6)."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")]
+    upstream: str
+    method: Method = "GET"
+    path: Annotated[str, Field(pattern=r"^/")]
+    headers: dict[str, str] = Field(default_factory=dict)
+    body: dict[str, Any] | None = None
+    timeout: Duration | None = None
+    optional: bool = False
+    fallback: Any = None
+    when: str | None = None
+    for_each: str | None = None
+    max_fanout: PositiveInt = 50
+    after: list[str] = Field(default_factory=list)
+    pick: str | None = None
+    select: list[str] | None = None
+    drop: list[str] | None = None
+    rename: dict[str, str] | None = None
+    into: Annotated[str, Field(pattern=r"^[^.]+(\.[^.]+)*$")] | None = None
+
+
 class RouteConfig(Strict):
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")]
     path: Annotated[str, Field(pattern=r"^/")]
@@ -176,6 +199,12 @@ class RouteConfig(Strict):
     websocket: bool = False
     max_body_bytes: Size | None = None
     plugins: list[PluginSpec] = Field(default_factory=list)
+    # orchestration (terminal `steps`)
+    steps: list[StepConfig] = Field(default_factory=list)
+    merge: Literal["shallow", "deep"] = "shallow"
+    arrays: Literal["replace", "concat"] = "replace"
+    errors_key: str | None = None
+    status: Annotated[int, Field(ge=200, le=299)] = 200
 
     def method_list(self) -> list[str]:
         """The methods this route answers; ``["*"]`` for every method."""

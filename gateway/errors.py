@@ -33,10 +33,17 @@ class GatewayError(Exception):
     title = "Internal Server Error"
     slug = "internal"
 
-    def __init__(self, detail: str = "", *, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        detail: str = "",
+        *,
+        headers: dict[str, str] | None = None,
+        extensions: dict[str, object] | None = None,
+    ) -> None:
         super().__init__(detail or self.title)
         self.detail = detail or self.title
         self.headers = headers or {}
+        self.extensions = {k: v for k, v in (extensions or {}).items() if v is not None}
 
     @property
     def type(self) -> str:
@@ -100,9 +107,12 @@ def problem(
     route: str | None = None,
     request_id: str | None = None,
     headers: dict[str, str] | None = None,
+    extensions: dict[str, object] | None = None,
 ) -> Response:
     """Build an RFC 9457 problem+json response made by the gateway itself."""
     document: dict[str, object] = {"type": type_, "title": title, "status": status, "detail": detail}
+    if extensions:
+        document.update(extensions)
     if route is not None:
         document["route"] = route
     if request_id is not None:
@@ -123,4 +133,5 @@ def error_response(error: GatewayError, route: str | None, request_id: str | Non
         route=route,
         request_id=request_id,
         headers=error.headers,
+        extensions=error.extensions,
     )

@@ -75,6 +75,9 @@ class Metrics:
         self.steps = Counter(
             "gateway_steps_total", "Orchestration steps by outcome.",
             ["route", "step", "outcome"], registry=r)
+        self.step_duration = Histogram(
+            "gateway_step_duration_seconds", "Time an orchestration step took (all its calls).",
+            ["route", "step"], buckets=REQUEST_BUCKETS, registry=r)
         self.inflight = Gauge(
             "gateway_inflight_requests", "Requests being handled now.", ["route"],
             multiprocess_mode="livesum", registry=r)

@@ -3,37 +3,46 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import logging
 from collections.abc import Mapping
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from gateway.plugin import Plugin
 
 ENTRY_POINT_GROUP = "gateway.plugins"
+log = logging.getLogger("gateway.registry")
 
 PluginClass = type[Plugin[Any]]
 
 
 class Registry:
-    """Plugin classes by name."""
+    """Plugin classes by name. Entry points are imported only when a config names them, so
+    one broken plugin package does not stop a gateway that does not use it."""
 
-    def __init__(self, plugins: Mapping[str, PluginClass]) -> None:
+    def __init__(self, plugins: Mapping[str, PluginClass], entries: Mapping[str, EntryPoint] | None = None) -> None:
         self._plugins = dict(plugins)
+        self._entries = dict(entries or {})
 
     @classmethod
     def discover(cls, group: str = ENTRY_POINT_GROUP) -> Registry:
-        """Load every plugin registered under the entry-point group."""
-        found: dict[str, PluginClass] = {}
-        for entry in entry_points(group=group):
-            found[entry.name] = _check(entry.load(), entry.value)
-        return cls(found)
+        """Every plugin registered under the entry-point group (imported on first use)."""
+        return cls({}, {entry.name: entry for entry in entry_points(group=group)})
 
     def names(self) -> list[str]:
-        return sorted(self._plugins)
+        return sorted({*self._plugins, *self._entries})
 
     def items(self) -> list[tuple[str, PluginClass]]:
-        return sorted(self._plugins.items())
+        """Every plugin that can be imported (broken ones are logged and left out)."""
+        out = []
+        for name in self.names():
+            try:
+                out.append((name, self.resolve(name)))
+            except LookupError as exc:
+                log.warning("plugin %s cannot be loaded: %s", name, exc)
+        return out
 
     def resolve(self, use: str) -> PluginClass:
         """The class for ``use``: a registered name or ``package.module:Class``."""
@@ -47,11 +56,20 @@ class Registry:
                 return _check(getattr(module, attr), use)
             except AttributeError:
                 raise LookupError(f"module {module_name!r} has no {attr!r}") from None
-        try:
+        if use in self._plugins:
             return self._plugins[use]
-        except KeyError:
+        entry = self._entries.get(use)
+        if entry is None:
+            close = difflib.get_close_matches(use, self.names(), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
             known = ", ".join(self.names()) or "none installed"
-            raise LookupError(f"unknown plugin {use!r} (known: {known})") from None
+            raise LookupError(f"unknown plugin {use!r} ({hint}known: {known})")
+        try:
+            loaded = entry.load()
+        except Exception as exc:
+            raise LookupError(f"plugin {use!r} ({entry.value}) cannot be imported: {exc}") from None
+        self._plugins[use] = _check(loaded, entry.value)
+        return self._plugins[use]
 
 
 def _check(obj: object, where: str) -> PluginClass:

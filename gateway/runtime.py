@@ -15,11 +15,15 @@ from aiohttp import web
 from aiohttp.web_urldispatcher import AbstractRoute
 
 from gateway.chain import build_chain
+from gateway.compose import Handler
 from gateway.config_load import ConfigError, LoadedConfig, PluginUse, Problem
 from gateway.config_model import RouteConfig
 from gateway.errors import MethodNotAllowed, NotFound
 from gateway.forwarding import TrustedProxies
 from gateway.metrics import UNMATCHED, Metrics, RequestMetrics
+from gateway.orchestration.callers import UpstreamCaller
+from gateway.orchestration.plan import Plan
+from gateway.orchestration.terminal import OrchestrationTerminal
 from gateway.plugin import ClientHolder, Plugin, PluginContext
 from gateway.proxy import ProxyTerminal
 from gateway.upstream import Upstream
@@ -71,9 +75,9 @@ class Runtime:
         self.router = web.UrlDispatcher()
         self._by_route: dict[AbstractRoute, CompiledRoute] = {}
         self.routes: list[CompiledRoute] = []
-        for route, uses in zip(config.routes, loaded.route_plugins, strict=True):
+        for route, uses, plan in zip(config.routes, loaded.route_plugins, loaded.plans, strict=True):
             plugins = (*self.global_plugins, *instantiate(uses, route.name))
-            terminal = self._terminal(route)
+            terminal = self._terminal(route, plan)
             handler = build_chain(route.name, plugins, terminal, metrics.plugin_duration)
             compiled = CompiledRoute(
                 route.name, route, handler, RequestMetrics(metrics, route.name),
@@ -90,7 +94,12 @@ class Runtime:
         self.active = 0  # requests in flight on this version (a retired version waits for 0)
         self._idle: asyncio.Event | None = None
 
-    def _terminal(self, route: RouteConfig) -> ProxyTerminal:
+    def _terminal(self, route: RouteConfig, plan: Plan | None) -> Handler:
+        budget = route.timeout if route.timeout is not None else self.settings.timeout
+        if plan is not None:
+            stacks = {name: self.upstreams[name].stack(route.name, self.metrics) for name in plan.upstreams}
+            caller = UpstreamCaller(stacks, route.name, self.settings.max_body_bytes)
+            return OrchestrationTerminal(route.name, plan, caller, budget, self.metrics)
         upstream_name = route.upstream or ""
         upstream = self.upstreams[upstream_name]
         return ProxyTerminal(
@@ -98,7 +107,7 @@ class Runtime:
             upstream=upstream_name,
             stack=upstream.stack(route.name, self.metrics),
             trusted=self.trusted,
-            timeout=route.timeout if route.timeout is not None else self.settings.timeout,
+            timeout=budget,
             rewrite=route.rewrite,
             preserve_host=route.preserve_host,
             websocket=route.websocket,

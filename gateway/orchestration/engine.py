@@ -1,0 +1,328 @@
+"""Running a plan: each step starts as soon as the steps it depends on have finished,
+under one deadline for the whole answer; results are shaped and merged in declaration
+order, whatever order they arrived in.
+
+Usable without the gateway (SPEC §6): give ``Orchestrator`` a plan (or step tables) and a
+``StepCaller`` — e.g. ``SessionCaller`` over an aiohttp session — and ``await run(...)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from gateway.errors import GatewayError
+from gateway.orchestration.merge import NotAnObject, merge
+from gateway.orchestration.plan import Plan, StepPlan
+from gateway.orchestration.templates import (
+    MissingInput,
+    MissingStepData,
+    Ref,
+    Scope,
+    Template,
+    render_json,
+    truthy,
+    url_part,
+)
+
+Outcome = Literal["ok", "failed", "fallback", "skipped"]
+
+
+@dataclass(frozen=True)
+class StepCall:
+    """One HTTP call a step makes."""
+
+    step: str
+    upstream: str
+    method: str
+    path_qs: str
+    headers: dict[str, str]
+    body: bytes | None
+    deadline: float  # event-loop time by which the answer must be there
+
+
+@dataclass(frozen=True)
+class StepReply:
+    status: int
+    body: bytes
+    content_type: str | None = None
+
+
+StepCaller = Callable[[StepCall], Awaitable[StepReply]]
+
+
+class StepObserver(Protocol):
+    def step_finished(self, step: str, outcome: Outcome, seconds: float) -> None: ...
+
+
+class StepFailed(Exception):
+    """A step could not produce a usable answer; ``status`` is the upstream's or 502/503/504."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class ClientInputMissing(Exception):
+    """The client's request lacks a value a template needs (the answer is a 400)."""
+
+
+@dataclass
+class StepResult:
+    name: str
+    outcome: Outcome
+    status: int | None = None
+    error: str | None = None
+    value: Any = None  # shaped answer, or the fallback (already nested with `into`)
+    merged: bool = False  # whether `value` goes into the response
+    by_condition: bool = False  # skipped because of `when`, not because of a failure
+    bad_request: bool = False  # the client's request lacks a value this step needs
+
+
+@dataclass
+class Result:
+    """What an orchestration produced."""
+
+    status: int
+    body: dict[str, Any] | None
+    complete: bool
+    errors: list[dict[str, Any]]
+    steps: dict[str, StepResult] = field(default_factory=dict)
+    failed_step: str | None = None  # the required step whose failure decided `status`
+    detail: str | None = None
+
+
+class Orchestrator:
+    """Runs one plan; holds no per-request state, so one instance serves every request."""
+
+    def __init__(self, plan: Plan, observer: StepObserver | None = None) -> None:
+        self.plan = plan
+        self.observer = observer
+
+    async def run(
+        self,
+        scope: Scope,
+        call: StepCaller,
+        *,
+        budget: float,
+        headers: Mapping[str, str] | None = None,
+    ) -> Result:
+        """Run every step within ``budget`` seconds; ``headers`` go with each call (e.g. the request id)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
+        run = _Run(self, scope, call, deadline, dict(headers or {}))
+        return await run.execute()
+
+
+class _Run:
+    """The state of one orchestration."""
+
+    def __init__(self, owner: Orchestrator, scope: Scope, call: StepCaller, deadline: float,
+                 headers: dict[str, str]) -> None:
+        self.plan = owner.plan
+        self.observer = owner.observer
+        self.scope = scope
+        self.call = call
+        self.deadline = deadline
+        self.headers = headers
+        self.raw: dict[str, Any] = {}
+        scope.results = self.raw
+        loop = asyncio.get_running_loop()
+        self.finished: dict[str, asyncio.Future[StepResult]] = {s.name: loop.create_future() for s in self.plan.steps}
+
+    async def execute(self) -> Result:
+        loop = asyncio.get_running_loop()
+        tasks = {loop.create_task(self._step(step)): step for step in self.plan.steps}
+        pending = set(tasks)
+        abort: Result | None = None
+        try:
+            while pending and abort is None:
+                done, pending = await asyncio.wait(
+                    pending, timeout=max(0.0, self.deadline - loop.time()), return_when=asyncio.FIRST_COMPLETED
+                )
+                if not done:
+                    break  # the route's budget is spent
+                for task in done:
+                    abort = abort or self._decisive(task.result(), tasks[task])
+        finally:
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+        results = {s.name: self._settle(s, decided=abort is not None) for s in self.plan.steps}
+        if abort is not None:
+            abort.steps = results
+            return abort
+        for step in self.plan.steps:
+            if results[step.name].outcome == "failed" and not step.optional:  # only the budget gets here
+                detail = f"step {step.name!r} did not finish within the route's timeout"
+                return Result(504, None, False, [], results, failed_step=step.name, detail=detail)
+        return self._success(results)
+
+    def _settle(self, step: StepPlan, *, decided: bool) -> StepResult:
+        """The result of a step; one that never finished was cut short by the budget (or by
+        a decisive failure elsewhere, which makes it skipped)."""
+        future = self.finished[step.name]
+        if future.done():
+            return future.result()
+        if decided:
+            result = StepResult(step.name, "skipped", None, "the answer was decided by another step")
+        else:
+            result = self._failed(step, 504, "the route's timeout ran out before this step finished")
+        self._observe(step.name, result.outcome, 0.0)
+        return result
+
+    def _decisive(self, result: StepResult, step: StepPlan) -> Result | None:
+        """A result that decides the whole answer: a bad request or a required step's failure."""
+        if result.bad_request:
+            return Result(400, None, False, [], failed_step=step.name, detail=result.error)
+        if result.outcome == "failed" and not step.optional:
+            status = result.status if result.status in (503, 504) else 502
+            detail = f"step {step.name!r} failed: {result.error}"
+            return Result(status, None, False, [], failed_step=step.name, detail=detail)
+        if result.outcome == "skipped" and not result.by_condition and not step.optional:
+            detail = f"step {step.name!r} was not called: {result.error}"
+            return Result(502, None, False, [], failed_step=step.name, detail=detail)
+        return None
+
+    def _success(self, results: dict[str, StepResult]) -> Result:
+        values = [r.value for r in results.values() if r.merged]
+        errors = [
+            {"step": r.name, "status": r.status, "error": r.error}
+            for r in results.values()
+            if r.outcome in ("failed", "fallback")
+        ]
+        complete = all(r.outcome == "ok" or (r.outcome == "skipped" and r.by_condition) for r in results.values())
+        try:
+            body = merge(values, self.plan.merge, self.plan.arrays)
+        except NotAnObject as exc:
+            return Result(502, None, False, errors, results, detail=f"the steps' answers cannot be merged: {exc}")
+        if errors and self.plan.errors_key:
+            body[self.plan.errors_key] = errors
+        return Result(self.plan.status, body, complete, errors, results)
+
+    # -- one step ----------------------------------------------------------------------
+
+    async def _step(self, step: StepPlan) -> StepResult:
+        start = time.perf_counter()
+        result: StepResult | None = None
+        try:
+            result = await self._step_inner(step)
+            return result
+        finally:
+            if result is not None:
+                self.finished[step.name].set_result(result)
+                self._observe(step.name, result.outcome, time.perf_counter() - start)
+
+    async def _step_inner(self, step: StepPlan) -> StepResult:
+        if step.depends_on:
+            await asyncio.wait([self.finished[d] for d in step.depends_on])
+            before = [self.finished[d].result() for d in step.depends_on]
+            broken = [r for r in before if not r.by_condition and r.outcome != "ok"]
+            if broken:
+                return self._skipped(step, by_condition=False, why=f"depends on {broken[0].name!r}, which failed")
+            if any(r.outcome == "skipped" for r in before):
+                return self._skipped(step, by_condition=True, why="a step it depends on was skipped")
+        try:
+            if step.when is not None and not _holds(step.when, self.scope):
+                return self._skipped(step, by_condition=True, why="`when` is false")
+            if step.for_each is not None:
+                raw: Any = await self._fan_out(step, step.for_each)
+            else:
+                raw = await self._call_once(step, self.scope)
+        except ClientInputMissing as exc:
+            return StepResult(step.name, "failed", 400, str(exc), bad_request=True)
+        except StepFailed as exc:
+            return self._failed(step, exc.status, exc.message)
+        self.raw[step.name] = raw
+        return StepResult(step.name, "ok", 200, value=step.shape.apply(raw), merged=True)
+
+    def _skipped(self, step: StepPlan, *, by_condition: bool, why: str) -> StepResult:
+        use_fallback = not by_condition and step.has_fallback
+        return StepResult(step.name, "skipped", None, why, step.shape.wrap(step.fallback) if use_fallback else None,
+                          merged=use_fallback, by_condition=by_condition)
+
+    def _failed(self, step: StepPlan, status: int, error: str) -> StepResult:
+        if step.has_fallback:
+            return StepResult(step.name, "fallback", status, error, step.shape.wrap(step.fallback), merged=True)
+        return StepResult(step.name, "failed", status, error)
+
+    async def _fan_out(self, step: StepPlan, source: Ref) -> list[Any]:
+        try:
+            items = self.scope.lookup(source)
+        except MissingInput as exc:
+            raise ClientInputMissing(str(exc)) from None
+        except MissingStepData as exc:
+            raise StepFailed(502, str(exc)) from None
+        if not isinstance(items, list):
+            raise StepFailed(502, f"{source} is not an array")
+        if len(items) > step.max_fanout:
+            raise StepFailed(502, f"{source} has {len(items)} elements, more than max_fanout = {step.max_fanout}")
+        calls = [asyncio.ensure_future(self._call_once(step, self.scope.with_item(item))) for item in items]
+        try:
+            return list(await asyncio.gather(*calls))
+        except BaseException:
+            for task in calls:
+                task.cancel()
+            await asyncio.gather(*calls, return_exceptions=True)
+            raise
+
+    async def _call_once(self, step: StepPlan, scope: Scope) -> Any:
+        try:
+            path_qs = step.path.render(scope, url_part)
+            headers = dict(self.headers)
+            for name, template in step.headers:
+                value = template.render(scope)
+                if "\r" in value or "\n" in value:
+                    raise StepFailed(502, f"header {name} would contain a line break")
+                headers[name] = value
+            body = None
+            if step.body is not None:
+                body = json.dumps(render_json(step.body, scope)).encode()
+                headers.setdefault("Content-Type", "application/json")
+        except MissingInput as exc:
+            raise ClientInputMissing(str(exc)) from None
+        except MissingStepData as exc:
+            raise StepFailed(502, str(exc)) from None
+        deadline = self.deadline
+        if step.timeout is not None:
+            deadline = min(deadline, asyncio.get_running_loop().time() + step.timeout)
+        try:
+            reply = await self.call(StepCall(step.name, step.upstream, step.method, path_qs, headers, body, deadline))
+        except GatewayError as exc:
+            raise StepFailed(exc.status, exc.detail) from None
+        return decode_reply(reply)
+
+    def _observe(self, step: str, outcome: Outcome, seconds: float) -> None:
+        if self.observer is not None:
+            self.observer.step_finished(step, outcome, seconds)
+
+
+def _holds(when: Template, scope: Scope) -> bool:
+    """``when``: the template's value is truthy; a missing value is false, like null."""
+    try:
+        return truthy(when.value(scope))
+    except LookupError:
+        return False
+
+
+def decode_reply(reply: StepReply) -> Any:
+    """A step's answer as JSON: any 2xx with a JSON body; 204 gives null; anything else fails."""
+    if not 200 <= reply.status < 300:
+        raise StepFailed(reply.status, f"the upstream answered {reply.status}")
+    if reply.status == 204:
+        return None
+    kind = (reply.content_type or "").split(";", 1)[0].strip().lower()
+    if kind and kind != "application/json" and not kind.endswith("+json"):
+        raise StepFailed(502, f"the upstream answered {kind}, not JSON")
+    try:
+        return json.loads(reply.body)
+    except ValueError:
+        raise StepFailed(502, "the upstream's answer is not valid JSON") from None
+
+
