@@ -343,7 +343,7 @@ into = "products"
 async def test_missing_client_value_is_a_400_and_nothing_is_called(
     upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
 ) -> None:
-    svc, up = await _service(upstream)
+    _, up = await _service(upstream)
     gw = await gateway(_route({"s": up.url}, """
 [[routes.steps]]
 name = "search"
