@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.config_load import LoadedConfig
+from gateway.config_model import RouteConfig
 
 REDACTED = "<redacted>"
 # Plugin options whose values are secrets (jwt secret, basic_auth users' hashes, keys, tokens).
@@ -97,6 +98,12 @@ def _redact(value: Any, path: str, secrets: frozenset[str], *, hide: bool, in_pl
     return value
 
 
+def _terminal(route: RouteConfig) -> str:
+    if route.upstream:
+        return f"upstream {route.upstream}"
+    return "steps " + ", ".join(step.name for step in route.steps)
+
+
 def status_page(source: AdminSource) -> str:
     """A plain HTML page for people: routes, upstreams, readiness, last reload."""
     loaded = source.current_config()
@@ -107,7 +114,7 @@ def status_page(source: AdminSource) -> str:
         plugins = [p.use for p in config.plugins] + [p.use for p in route.plugins]
         rows.append(
             f"<tr><td>{e(route.name)}</td><td>{e(','.join(route.method_list()))}</td>"
-            f"<td><code>{e(route.path)}</code></td><td>upstream {e(route.upstream or '')}</td>"
+            f"<td><code>{e(route.path)}</code></td><td>{e(_terminal(route))}</td>"
             f"<td>{e(' → '.join(plugins) or '—')}</td></tr>"
         )
     ups = "".join(

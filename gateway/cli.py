@@ -95,7 +95,10 @@ def _routes(args: argparse.Namespace) -> int:
     rows = [("NAME", "METHODS", "PATH", "TERMINAL", "PLUGINS")]
     global_uses = [p.use for p in loaded.config.plugins]
     for route in loaded.config.routes:
-        terminal = f"upstream {route.upstream}" if route.upstream else "-"
+        if route.upstream:
+            terminal = f"upstream {route.upstream}"
+        else:
+            terminal = "steps " + ",".join(step.name for step in route.steps)
         chain = " > ".join(global_uses + [p.use for p in route.plugins]) or "-"
         rows.append((route.name, ",".join(route.method_list()), route.path, terminal, chain))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
