@@ -62,10 +62,11 @@ class StepObserver(Protocol):
 class StepFailed(Exception):
     """A step could not produce a usable answer; ``status`` is the upstream's or 502/503/504."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, *, from_upstream: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.from_upstream = from_upstream
 
 
 class ClientInputMissing(Exception):
@@ -82,6 +83,7 @@ class StepResult:
     merged: bool = False  # whether `value` goes into the response
     by_condition: bool = False  # skipped because of `when`, not because of a failure
     bad_request: bool = False  # the client's request lacks a value this step needs
+    from_upstream: bool = False  # `status` is what the upstream answered
 
 
 @dataclass
@@ -126,18 +128,18 @@ class _Run:
                  headers: dict[str, str]) -> None:
         self.plan = owner.plan
         self.observer = owner.observer
-        self.scope = scope
         self.call = call
         self.deadline = deadline
         self.headers = headers
         self.raw: dict[str, Any] = {}
-        scope.results = self.raw
+        self.scope = scope.with_results(self.raw)  # the caller's Scope stays untouched
         loop = asyncio.get_running_loop()
         self.finished: dict[str, asyncio.Future[StepResult]] = {s.name: loop.create_future() for s in self.plan.steps}
 
     async def execute(self) -> Result:
         loop = asyncio.get_running_loop()
         tasks = {loop.create_task(self._step(step)): step for step in self.plan.steps}
+        order = {step.name: index for index, step in enumerate(self.plan.steps)}
         pending = set(tasks)
         abort: Result | None = None
         try:
@@ -147,8 +149,11 @@ class _Run:
                 )
                 if not done:
                     break  # the route's budget is spent
-                for task in done:
-                    abort = abort or self._decisive(task.result(), tasks[task])
+                # Dependants of a failed step finish in the same batch (as skipped): decide by
+                # the most telling result, then declaration order, never by set order.
+                verdicts = [(v, order[tasks[t].name]) for t in done if (v := self._decisive(t.result(), tasks[t]))]
+                if verdicts:
+                    abort = min(verdicts, key=lambda item: (item[0][0], item[1]))[0][1]
         finally:
             for task in pending:
                 task.cancel()
@@ -177,17 +182,20 @@ class _Run:
         self._observe(step.name, result.outcome, 0.0)
         return result
 
-    def _decisive(self, result: StepResult, step: StepPlan) -> Result | None:
-        """A result that decides the whole answer: a bad request or a required step's failure."""
+    def _decisive(self, result: StepResult, step: StepPlan) -> tuple[int, Result] | None:
+        """A result that decides the whole answer, with its rank (lower is more telling):
+        a bad request, a required step's failure, a required step that could not be called."""
         if result.bad_request:
-            return Result(400, None, False, [], failed_step=step.name, detail=result.error)
+            return 0, Result(400, None, False, [], failed_step=step.name, detail=result.error)
         if result.outcome == "failed" and not step.optional:
-            status = result.status if result.status in (503, 504) else 502
+            # An upstream's own 503/504 is an upstream error (502); 503/504 are the gateway's
+            # words for an open breaker and a spent budget.
+            status = result.status if result.status in (503, 504) and not result.from_upstream else 502
             detail = f"step {step.name!r} failed: {result.error}"
-            return Result(status, None, False, [], failed_step=step.name, detail=detail)
+            return 1, Result(status, None, False, [], failed_step=step.name, detail=detail)
         if result.outcome == "skipped" and not result.by_condition and not step.optional:
             detail = f"step {step.name!r} was not called: {result.error}"
-            return Result(502, None, False, [], failed_step=step.name, detail=detail)
+            return 2, Result(502, None, False, [], failed_step=step.name, detail=detail)
         return None
 
     def _success(self, results: dict[str, StepResult]) -> Result:
@@ -238,7 +246,7 @@ class _Run:
         except ClientInputMissing as exc:
             return StepResult(step.name, "failed", 400, str(exc), bad_request=True)
         except StepFailed as exc:
-            return self._failed(step, exc.status, exc.message)
+            return self._failed(step, exc.status, exc.message, from_upstream=exc.from_upstream)
         self.raw[step.name] = raw
         return StepResult(step.name, "ok", 200, value=step.shape.apply(raw), merged=True)
 
@@ -247,10 +255,11 @@ class _Run:
         return StepResult(step.name, "skipped", None, why, step.shape.wrap(step.fallback) if use_fallback else None,
                           merged=use_fallback, by_condition=by_condition)
 
-    def _failed(self, step: StepPlan, status: int, error: str) -> StepResult:
+    def _failed(self, step: StepPlan, status: int, error: str, *, from_upstream: bool = False) -> StepResult:
         if step.has_fallback:
-            return StepResult(step.name, "fallback", status, error, step.shape.wrap(step.fallback), merged=True)
-        return StepResult(step.name, "failed", status, error)
+            return StepResult(step.name, "fallback", status, error, step.shape.wrap(step.fallback), merged=True,
+                              from_upstream=from_upstream)
+        return StepResult(step.name, "failed", status, error, from_upstream=from_upstream)
 
     async def _fan_out(self, step: StepPlan, source: Ref) -> list[Any]:
         try:
@@ -293,7 +302,11 @@ class _Run:
         if step.timeout is not None:
             deadline = min(deadline, asyncio.get_running_loop().time() + step.timeout)
         try:
-            reply = await self.call(StepCall(step.name, step.upstream, step.method, path_qs, headers, body, deadline))
+            async with asyncio.timeout_at(deadline):  # also for callers that ignore the deadline
+                call = StepCall(step.name, step.upstream, step.method, path_qs, headers, body, deadline)
+                reply = await self.call(call)
+        except TimeoutError:
+            raise StepFailed(504, "the upstream did not answer in time") from None
         except GatewayError as exc:
             raise StepFailed(exc.status, exc.detail) from None
         return decode_reply(reply)
@@ -314,7 +327,7 @@ def _holds(when: Template, scope: Scope) -> bool:
 def decode_reply(reply: StepReply) -> Any:
     """A step's answer as JSON: any 2xx with a JSON body; 204 gives null; anything else fails."""
     if not 200 <= reply.status < 300:
-        raise StepFailed(reply.status, f"the upstream answered {reply.status}")
+        raise StepFailed(reply.status, f"the upstream answered {reply.status}", from_upstream=True)
     if reply.status == 204:
         return None
     kind = (reply.content_type or "").split(";", 1)[0].strip().lower()

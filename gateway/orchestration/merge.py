@@ -15,9 +15,11 @@ class NotAnObject(TypeError):
 
 
 def merge(results: Sequence[Any], mode: MergeMode = "shallow", arrays: ArrayMode = "replace") -> dict[str, Any]:
-    """Merge results in the order given; inputs are never modified."""
+    """Merge results in the order given (``None`` adds nothing); inputs are never modified."""
     out: dict[str, Any] = {}
     for result in results:
+        if result is None:  # a 204 (null) adds nothing
+            continue
         if not isinstance(result, dict):
             raise NotAnObject(f"a {type(result).__name__} cannot be merged into the response object")
         if mode == "shallow":

@@ -42,8 +42,12 @@ def select(value: Any, tree: PathTree) -> Any:
         return value
     out = {}
     for key, sub in tree.items():
-        if key in value:
-            out[key] = value[key] if sub is None else select(value[key], sub)
+        if key not in value:
+            continue
+        if sub is None:
+            out[key] = value[key]
+        elif isinstance(value[key], (dict, list)):  # a path through a scalar is missing, not kept
+            out[key] = select(value[key], sub)
     return out
 
 
@@ -71,10 +75,13 @@ def rename(value: Any, renames: Mapping[str, str]) -> Any:
     if not isinstance(value, dict):
         return value
     out = _copy_objects(value)
-    for old, new in renames.items():
+    moving = []
+    for old, new in renames.items():  # take every old value first, so swapping two names works
         found, moved = _pop(out, old.split("."))
         if found:
-            _put(out, new.split("."), moved)
+            moving.append((new, moved))
+    for new, moved in moving:
+        _put(out, new.split("."), moved)
     return out
 
 
@@ -137,8 +144,8 @@ class Shape:
             raise ValueError(f"not a valid JMESPath expression: {exc}") from None
         return cls(
             compiled,
-            path_tree(select) if select else None,
-            path_tree(drop) if drop else None,
+            path_tree(select) if select is not None else None,
+            path_tree(drop) if drop is not None else None,
             dict(rename) if rename else None,
             into,
         )

@@ -48,7 +48,9 @@ def parse_ref(text: str) -> Ref:
     text = text.strip()
     if not text:
         raise ValueError("empty reference {}")
-    head, _, rest = text.partition(".")
+    head, dot, rest = text.partition(".")
+    if not head:
+        raise ValueError(f"{{{text}}} has no name before the first dot")
     if head in ("path", "query", "header"):
         if not rest:
             raise ValueError(f"{{{text}}} needs a name, e.g. {{{head}.id}}")
@@ -57,7 +59,7 @@ def parse_ref(text: str) -> Ref:
         if rest:
             raise ValueError(f"{{{text}}}: consumer takes no path")
         return Ref("consumer", text=text)
-    parts = tuple(rest.split(".")) if rest else ()
+    parts = tuple(rest.split(".")) if dot else ()
     if any(not p for p in parts):
         raise ValueError(f"{{{text}}} has an empty path segment")
     if head in ("body", "item"):
@@ -99,7 +101,7 @@ def compile_template(source: str) -> Template:
     text = ""
     position = 0
     for match in _TOKEN.finditer(source):
-        text += source[position:match.start()]
+        text += _plain(source[position:match.start()], source)
         position = match.end()
         token = match.group(0)
         if token in ("{{", "}}"):
@@ -111,12 +113,16 @@ def compile_template(source: str) -> Template:
         ref = parse_ref(match.group(1))
         parts.append(ref)
         refs.append(ref)
-    text += source[position:]
-    if "{" in text.replace("{{", "") or "}" in text.replace("}}", ""):
-        raise ValueError(f"unbalanced brace in {source!r} (write {{{{ or }}}} for a literal brace)")
+    text += _plain(source[position:], source)
     if text or not parts:
         parts.append(text)
     return Template(source, tuple(parts), tuple(refs))
+
+
+def _plain(text: str, source: str) -> str:
+    if "{" in text or "}" in text:
+        raise ValueError(f"unbalanced brace in {source!r} (write {{{{ or }}}} for a literal brace)")
+    return text
 
 
 def url_part(value: str) -> str:
@@ -176,6 +182,10 @@ class Scope:
     def with_item(self, item: Any) -> Scope:
         return Scope(params=self.params, query=self.query, headers=self.headers, body=self.body,
                      consumer=self.consumer, results=self.results, item=item)
+
+    def with_results(self, results: Mapping[str, Any]) -> Scope:
+        return Scope(params=self.params, query=self.query, headers=self.headers, body=self.body,
+                     consumer=self.consumer, results=results, item=self.item)
 
     def lookup(self, ref: Ref) -> Any:
         """The value of ``ref``; raises MissingInput / MissingStepData when there is none.
