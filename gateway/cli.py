@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -116,10 +117,12 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     workers = args.workers if args.workers is not None else loaded.config.gateway.workers
     if workers > 1 and not args.supervised:
-        if "prometheus_client" in sys.modules:
-            raise RuntimeError("prometheus_client was imported before multiprocess mode was set up")
-        from gateway.supervisor import prepare_multiprocess_dir
+        from gateway.supervisor import MULTIPROC_ENV, prepare_multiprocess_dir
 
+        if "prometheus_client" in sys.modules and not os.environ.get(MULTIPROC_ENV):
+            # prometheus-client reads its mode at import: start again with the mode set.
+            prepare_multiprocess_dir()
+            os.execv(sys.executable, [sys.executable, "-m", "gateway", *sys.argv[1:]])
         prepare_multiprocess_dir()
         from gateway.supervisor import run_supervisor
 

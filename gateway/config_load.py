@@ -186,6 +186,9 @@ def _cross_checks(config: Config) -> list[Problem]:
             problems.extend(_path_problems(router, route, where))
             claimed.update(((route.path, m), i) for m in route.method_list())
     for name, upstream in config.upstreams.items():
+        if upstream.breaker is not None and upstream.breaker.shared and not config.gateway.redis_url:
+            problems.append((f"upstreams.{name}.breaker.shared",
+                             "needs gateway.redis_url (the replicas share trips there)"))
         if upstream.weights is not None and len(upstream.weights) != len(upstream.targets):
             problems.append((f"upstreams.{name}.weights",
                              f"needs one weight per target ({len(upstream.targets)}), got {len(upstream.weights)}"))

@@ -62,6 +62,7 @@ class ProxyTerminal:
         incoming = request.headers
         upgrade = self.websocket and wants_websocket(incoming)
         headers = strip_hop_by_hop(incoming, request=True)
+        headers.popall("X-Gateway-Attempt", None)  # the gateway's own word on retries
         peer_trusted = self.trusted.trusts(request.peer)
         forwarded = incoming.get("X-Forwarded-For")
         headers["X-Forwarded-For"] = f"{forwarded}, {request.peer}" if forwarded else request.peer

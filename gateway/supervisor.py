@@ -24,14 +24,18 @@ from gateway.serve import split_listen
 
 log = logging.getLogger("gateway.supervisor")
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_PREPARED = "GATEWAY_METRICS_DIR_PREPARED"
 
 
 def prepare_multiprocess_dir() -> str:
-    """Point prometheus-client at a fresh, empty directory (before it is imported)."""
+    """Point prometheus-client at an empty directory (before it is imported); emptied once
+    per supervisor, even when the process starts itself again to get there."""
     path = os.environ.get(MULTIPROC_ENV) or tempfile.mkdtemp(prefix="gateway-metrics-")
-    shutil.rmtree(path, ignore_errors=True)
-    os.makedirs(path)
+    if os.environ.get(_PREPARED) != path:
+        shutil.rmtree(path, ignore_errors=True)
+        os.makedirs(path)
     os.environ[MULTIPROC_ENV] = path
+    os.environ[_PREPARED] = path
     return path
 
 

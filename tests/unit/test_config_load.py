@@ -375,3 +375,17 @@ def test_repo_routes_toml_is_valid() -> None:
     root = Path(__file__).resolve().parents[2]
     loaded = load_config(root / "routes.toml", env={})
     assert len(loaded.config.routes) >= 1
+
+
+def test_shared_breaker_needs_a_redis_url() -> None:
+    text = """
+        [upstreams.u]
+        targets = ["http://127.0.0.1:1"]
+        breaker = { shared = true }
+        [[routes]]
+        name = "r"
+        path = "/r"
+        upstream = "u"
+    """
+    assert "needs gateway.redis_url" in problems(text)["upstreams.u.breaker.shared"]
+    load('[gateway]\nredis_url = "redis://127.0.0.1:6379"\n' + textwrap.dedent(text))
