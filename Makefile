@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv run demo test test-only lint fmt bench promtool clean
+.PHONY: venv run demo test test-only lint fmt bench promtool redis-server clean
 
 $(STAMP): pyproject.toml examples/gateway-plugin-greeting/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,9 @@ run: venv
 	sleep 0.5; \
 	$(VENV)/bin/gateway run routes.toml
 
-## test: lint, then the whole suite (integration tests start their own servers)
-test: venv promtool lint test-only
+## test: lint, then the whole suite (integration tests start their own servers, and their own
+## redis-server on a free port; under CI=true a missing redis-server fails the Redis tests)
+test: venv promtool redis-server lint test-only
 
 test-only: venv
 	$(PY) -m pytest -q
@@ -34,6 +35,12 @@ promtool:
 	  echo "installing promtool (Debian package prometheus)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "installing redis-server (Debian package redis-server)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends redis-server >/dev/null; }
 
 lint: venv
 	$(VENV)/bin/ruff check gateway plugins tests bench examples

@@ -12,8 +12,8 @@ from gateway.errors import ServiceUnavailable
 class Balancer:
     """Picks one of an upstream's targets per call and tracks calls in flight per target.
 
-    ``pick`` skips targets in ``exclude`` (e.g. already tried, or marked down) when another
-    one is left.
+    ``pick`` skips targets in ``exclude`` (e.g. already tried, or marked down);
+    ``pick_avoiding`` relaxes a list of exclusions until one leaves a target.
     """
 
     def __init__(self, policy: str, targets: Sequence[str], weights: Sequence[int] | None = None) -> None:
@@ -43,6 +43,13 @@ class Balancer:
             if target in candidates:
                 return target
         return candidates[0]
+
+    def pick_avoiding(self, *excludes: frozenset[str] | set[str]) -> str:
+        """Pick with the first exclusion set that leaves a target (most avoided first)."""
+        for exclude in excludes:
+            if any(t not in exclude for t in self.targets):
+                return self.pick(exclude)
+        raise ServiceUnavailable("no healthy target is available for this upstream")
 
     def _load(self, target: str) -> float:
         return self.inflight[target] / self.weights[self.targets.index(target)]

@@ -15,8 +15,6 @@ from gateway.errors import GatewayError, GatewayTimeout, PayloadTooLarge, Upstre
 from gateway.forwarding import strip_hop_by_hop
 from gateway.http import CHUNK, Body, BodyTooLarge, Response
 
-SMALL_BODY = 64 * 1024
-
 
 class UpstreamConnectError(UpstreamError):
     """The upstream could not be reached (refused, unreachable, DNS); nothing was sent."""
@@ -61,6 +59,7 @@ class UpstreamRequest:
 
     __slots__ = (
         "method", "path_qs", "headers", "body", "route", "upstream", "target", "attempt", "deadline", "websocket",
+        "tried",
     )
 
     def __init__(
@@ -84,6 +83,7 @@ class UpstreamRequest:
         self.attempt = 1
         self.deadline = deadline  # loop time by which response headers must have arrived
         self.websocket = False  # ask the upstream to switch to WebSocket
+        self.tried: set[str] | None = None  # targets earlier attempts went to (set by the retry layer)
 
 
 class UpstreamBody:

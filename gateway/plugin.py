@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from gateway.compose import Handler
 from gateway.config_model import ConsumerConfig, GatewaySettings
 from gateway.http import Request, Response
+from gateway.redis_pool import RedisHolder
 
 if TYPE_CHECKING:
     from gateway.metrics import Metrics
@@ -32,6 +33,7 @@ class ClientHolder:
 
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
+        self.redis = RedisHolder()  # the process's Redis pool(s), closed when the process drains
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -52,6 +54,7 @@ class PluginContext:
     consumers: Mapping[str, ConsumerConfig]
     metrics: Metrics
     client: ClientHolder = field(default_factory=ClientHolder)
+    redis: RedisHolder = field(default_factory=RedisHolder)  # shared Redis client (gateway.redis_pool)
 
 
 ConfigT = TypeVar("ConfigT", bound=PluginConfig)

@@ -62,7 +62,7 @@ class Runtime:
         problems: list[Problem] = []
 
         def instantiate(uses: Sequence[PluginUse], route: str | None) -> list[Plugin[Any]]:
-            context = PluginContext(route, settings, config.consumers, metrics, client)
+            context = PluginContext(route, settings, config.consumers, metrics, client, client.redis)
             out = []
             for use in uses:
                 try:
@@ -156,8 +156,12 @@ class Runtime:
             for plugin in reversed(started):
                 await plugin.shutdown()
             raise
+        for upstream in self.upstreams.values():
+            await upstream.start(self.settings.redis_url)  # health checks, shared breakers, gauges
 
     async def stop(self) -> None:
+        for upstream in self.upstreams.values():
+            await upstream.stop()
         for plugin in reversed(self.all_plugins()):
             await plugin.shutdown()
 

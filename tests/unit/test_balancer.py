@@ -104,3 +104,31 @@ def test_all_excluded_is_service_unavailable(policy: str, targets: list[str]) ->
     with pytest.raises(ServiceUnavailable) as caught:
         balancer.pick(frozenset(targets))
     assert caught.value.status == 503
+
+
+@pytest.mark.parametrize("policy", ["round_robin", "least_requests", "random"])
+def test_pick_avoiding_uses_the_first_exclusion_that_leaves_a_target(policy: str) -> None:
+    balancer = Balancer(policy, [A, B, C])
+    # tried {A, B} and down {C}: everything excluded, so the next set (down only) decides
+    assert {balancer.pick_avoiding({A, B, C}, {C}) for _ in range(20)} <= {A, B}
+    assert picks_avoiding(balancer, 10, {A}, set()) <= {B, C}
+    assert picks_avoiding(balancer, 5, {A, C}) == {B}
+
+
+def picks_avoiding(balancer: Balancer, n: int, *excludes: set[str]) -> set[str]:
+    return {balancer.pick_avoiding(*excludes) for _ in range(n)}
+
+
+def test_pick_avoiding_when_every_set_excludes_all_is_service_unavailable() -> None:
+    balancer = Balancer("round_robin", [A, B])
+    with pytest.raises(ServiceUnavailable):
+        balancer.pick_avoiding({A, B}, {A, B})
+    with pytest.raises(ServiceUnavailable):
+        balancer.pick_avoiding()
+
+
+def test_round_robin_keeps_its_order_when_a_retry_avoids_the_tried_target() -> None:
+    balancer = Balancer("round_robin", [A, B, C])
+    assert balancer.pick() == A
+    assert balancer.pick_avoiding({A}) == B  # the retry goes on to the next target
+    assert balancer.pick() == C

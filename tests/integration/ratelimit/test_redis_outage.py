@@ -1,0 +1,183 @@
+"""Redis killed or blackholed under a rate-limited route: ``on_store_error`` decides, the added
+latency stays small (p99 < 60 ms, measured here in the client), and Redis coming back is
+picked up by itself."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+
+import aiohttp
+import pytest
+
+from gateway.serve import GatewayProcess
+from tests.conftest import StartGateway, StartUpstream, metric, scrape, url
+from tests.integration.ratelimit.conftest import RedisServer, limited_route
+
+DECISIONS = "gateway_ratelimit_decisions_total"
+Sample = tuple[int, float, dict[str, str], bytes]
+
+
+async def _traffic(http: aiohttp.ClientSession, target: str, count: int, workers: int = 4) -> list[Sample]:
+    """``count`` requests from ``workers`` concurrent clients: status, seconds, headers, body."""
+    out: list[Sample] = []
+    queue = iter(range(count))
+
+    async def worker() -> None:
+        for _ in queue:
+            start = time.perf_counter()
+            async with http.get(target) as response:
+                body = await response.read()
+            out.append((response.status, time.perf_counter() - start, dict(response.headers), body))
+
+    async with asyncio.timeout(20):
+        await asyncio.gather(*(worker() for _ in range(workers)))
+    return out
+
+
+def _percentile(samples: list[Sample], fraction: float) -> float:
+    ordered = sorted(seconds for _, seconds, _, _ in samples)
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+async def _recovered(gw: GatewayProcess, http: aiohttp.ClientSession, target: str) -> Sample:
+    """Poll until a request was decided by Redis again (RateLimit header back, redis_up 1)."""
+    deadline = time.monotonic() + 5
+    while True:
+        sample = (await _traffic(http, target, 1, 1))[0]
+        if "RateLimit" in sample[2] and metric(await scrape(gw), "gateway_redis_up") == 1:
+            return sample
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not recovered within 5 s: {sample[:3]}")
+        await asyncio.sleep(0.1)
+
+
+# killed: connections reset, the port refuses. frozen (SIGSTOP): the port listens and open
+# connections stay open, but nothing ever answers (a hung Redis, a blackholed network path).
+OUTAGES = ["killed", "frozen"]
+
+
+async def _setup(
+    upstream: StartUpstream, gateway: StartGateway, redis: RedisServer, options: str, http: aiohttp.ClientSession
+) -> tuple[GatewayProcess, str, float]:
+    up = await upstream()
+    gw = await gateway(limited_route(up.url, options, gateway=f'redis_url = "{redis.url}"'))
+    target = url(gw, "/limited/x")
+    baseline = await _traffic(http, target, 40)
+    assert {status for status, *_ in baseline} == {200}
+    assert all("RateLimit" in headers for _, _, headers, _ in baseline)  # decided by Redis
+    assert metric(await scrape(gw), "gateway_redis_up") == 1
+    return gw, target, _percentile(baseline, 0.5)
+
+
+def _outage(redis: RedisServer, kind: str) -> None:
+    if kind == "killed":
+        redis.kill()
+    else:
+        redis.freeze()
+
+
+def _restore(redis: RedisServer, kind: str) -> None:
+    if kind == "killed":
+        redis.start()  # empty: no persistence
+    else:
+        redis.thaw()  # with its data; it also runs the commands that timed out meanwhile
+
+
+def _added_p99(samples: list[Sample], baseline: float, label: str) -> float:
+    added = _percentile(samples, 0.99) - baseline
+    print(f"\n{label}: p99 added latency {added * 1000:.1f} ms over {len(samples)} requests")
+    return added
+
+
+@pytest.mark.parametrize("kind", OUTAGES)
+async def test_allow_lets_traffic_through_without_waiting_on_redis(
+    kind: str, upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession, own_redis: RedisServer
+) -> None:
+    gw, target, baseline = await _setup(upstream, gateway, own_redis, 'limit = 1000\nwindow = "1m"', http)
+    _outage(own_redis, kind)
+    during = await _traffic(http, target, 150)
+    assert [status for status, *_ in during] == [200] * 150
+    assert _added_p99(during, baseline, f"allow/{kind}") < 0.060
+    text = await scrape(gw)
+    assert metric(text, "gateway_redis_up") == 0
+    assert metric(text, DECISIONS, route="limited", decision="store_error_allowed") == 150
+    assert not any("RateLimit" in headers for _, _, headers, _ in during[-100:])
+    _restore(own_redis, kind)
+    status, _, headers, _ = await _recovered(gw, http, target)
+    assert status == 200 and headers["RateLimit"].startswith('"limited";r=9')
+
+
+@pytest.mark.parametrize("kind", OUTAGES)
+async def test_deny_answers_503_with_retry_after_quickly(
+    kind: str, upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession, own_redis: RedisServer
+) -> None:
+    gw, target, baseline = await _setup(
+        upstream, gateway, own_redis, 'limit = 1000\nwindow = "1m"\non_store_error = "deny"', http)
+    _outage(own_redis, kind)
+    during = await _traffic(http, target, 150)
+    assert [status for status, *_ in during] == [503] * 150
+    for _, _, headers, body in during:
+        assert headers["Retry-After"] == "1"
+        assert headers["Content-Type"] == "application/problem+json"
+        assert json.loads(body)["status"] == 503
+    assert _added_p99(during, baseline, f"deny/{kind}") < 0.060
+    text = await scrape(gw)
+    assert metric(text, DECISIONS, route="limited", decision="store_error_denied") == 150
+    assert metric(text, "gateway_requests_total", route="limited", code="500") == 0
+    _restore(own_redis, kind)
+    status, *_ = await _recovered(gw, http, target)
+    assert status == 200
+
+
+@pytest.mark.parametrize("kind", OUTAGES)
+async def test_local_fallback_keeps_limiting_in_process(
+    kind: str, upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession, own_redis: RedisServer
+) -> None:
+    gw, target, baseline = await _setup(
+        upstream, gateway, own_redis, 'limit = 50\nwindow = "1m"\non_store_error = "local"', http)
+    _outage(own_redis, kind)
+    during = await _traffic(http, target, 150)
+    # The local limiter starts empty: exactly 50 more pass in this process, then 429.
+    assert sorted(status for status, *_ in during) == [200] * 50 + [429] * 100
+    assert all(headers["RateLimit-Policy"] == '"limited";q=50;w=60' for _, _, headers, _ in during)
+    assert _added_p99(during, baseline, f"local/{kind}") < 0.060
+    text = await scrape(gw)
+    assert metric(text, DECISIONS, route="limited", decision="local_fallback") == 50
+    assert metric(text, DECISIONS, route="limited", decision="limited") == 100
+    assert metric(text, DECISIONS, route="limited", decision="allowed") == 40
+    _restore(own_redis, kind)
+    # Back on Redis: its quota again (10 at most used there), not the exhausted local one.
+    deadline = time.monotonic() + 5
+    while (await _traffic(http, target, 1, 1))[0][0] != 200:
+        assert time.monotonic() < deadline, "Redis was not used again within 5 s"
+        await asyncio.sleep(0.1)
+    assert metric(await scrape(gw), "gateway_redis_up") == 1
+
+
+async def test_a_redis_that_never_answers_hangs_neither_startup_nor_requests(
+    upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession, own_redis: RedisServer
+) -> None:
+    own_redis.blackhole()  # a listening socket that never accepts nor answers
+    up = await upstream()
+    started = time.perf_counter()
+    gw = await gateway(limited_route(up.url, 'limit = 5\nwindow = "1m"\non_store_error = "deny"',
+                                     gateway=f'redis_url = "{own_redis.url}"'))
+    assert time.perf_counter() - started < 1.0
+    target = url(gw, "/limited/x")
+    assert {s for s, *_ in await _traffic(http, url(gw, "/elsewhere"), 8)} == {404}  # client connections open
+    during = await _traffic(http, target, 150)
+    assert [status for status, *_ in during] == [503] * 150
+    # No Redis-up baseline here: the added latency is over the run's own median (a fail-fast 503).
+    assert _added_p99(during, _percentile(during, 0.5), "deny/blackhole from the start") < 0.060
+    assert metric(await scrape(gw), "gateway_redis_up") == 0
+    _restore_from_blackhole(own_redis)
+    status, _, headers, _ = await _recovered(gw, http, target)
+    assert (status, headers["RateLimit"]) == (200, '"limited";r=4;t=12')
+
+
+def _restore_from_blackhole(redis: RedisServer) -> None:
+    redis.end_blackhole()
+    redis.start()
