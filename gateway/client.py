@@ -1,6 +1,6 @@
-"""The pooled HTTP client to upstreams: one aiohttp ClientSession per process, set up so
-that requests and answers pass through unchanged, and the one place client errors are
-mapped to the gateway's own errors."""
+"""The innermost hop of every upstream stack (``Sender``: one exchange over the process's
+lean HTTP/1.1 pools, gateway.http1), the aiohttp session kept for WebSockets, health
+probes and plugins, and the one place client errors become the gateway's own errors."""
 
 from __future__ import annotations
 
@@ -9,29 +9,17 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-from yarl import URL
 
-from gateway.errors import GatewayError, GatewayTimeout, PayloadTooLarge, UpstreamError
+from gateway.errors import (
+    GatewayError,
+    PayloadTooLarge,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamReset,
+    UpstreamTimeout,
+)
 from gateway.forwarding import strip_hop_by_hop
-from gateway.http import CHUNK, Body, BodyTooLarge, Response
-
-
-class UpstreamConnectError(UpstreamError):
-    """The upstream could not be reached (refused, unreachable, DNS); nothing was sent."""
-
-    outcome = "connect_error"
-
-
-class UpstreamReset(UpstreamError):
-    """The connection broke after the request was (maybe partly) sent."""
-
-    outcome = "reset"
-
-
-class UpstreamTimeout(GatewayTimeout):
-    """No response headers within the time allowed."""
-
-    outcome = "timeout"
+from gateway.http import Body, BodyTooLarge, Response
 
 
 def outcome_of(error: BaseException) -> str:
@@ -86,32 +74,6 @@ class UpstreamRequest:
         self.tried: set[str] | None = None  # targets earlier attempts went to (set by the retry layer)
 
 
-class UpstreamBody:
-    """An upstream's response body, streamed to whoever reads it, released once."""
-
-    __slots__ = ("_response", "length")
-
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
-        self._response = response
-        self.length = response.content_length
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self._response.content.iter_chunked(CHUNK):
-                yield chunk
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise UpstreamReset(f"upstream body broke off: {type(exc).__name__}") from None
-
-    async def read(self) -> bytes:
-        try:
-            return await self._response.read()
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise UpstreamReset(f"upstream body broke off: {type(exc).__name__}") from None
-
-    def release(self) -> None:
-        self._response.release()
-
-
 class Sender:
     """The innermost hop of every upstream stack: one HTTP exchange with one target."""
 
@@ -119,7 +81,8 @@ class Sender:
         self, session_source: Any, timeouts: aiohttp.ClientTimeout, response_timeout: float, max_msg_size: int
     ) -> None:
         self._sessions = session_source  # gateway.plugin.ClientHolder
-        self._timeouts = timeouts
+        self._connect_timeout = timeouts.sock_connect or 1.0
+        self._idle_timeout = timeouts.sock_read or 60.0
         self._response_timeout = response_timeout
         self._max_msg_size = max_msg_size
 
@@ -132,7 +95,7 @@ class Sender:
             request.deadline = deadline
             return await open_websocket(self._sessions.session, request, self._max_msg_size)
         body = request.body
-        data: Any
+        data: bytes | AsyncIterator[bytes] | None
         if body is None or isinstance(body, bytes):
             data = body
         elif body.buffered:
@@ -141,28 +104,25 @@ class Sender:
             data = body.chunks()
         if isinstance(data, bytes):
             request.headers["Content-Length"] = str(len(data))
-        url = URL(request.target + request.path_qs, encoded=True)
         try:
-            async with asyncio.timeout_at(deadline):
-                response = await self._sessions.session.request(
-                    request.method, url, headers=request.headers, data=data,
-                    allow_redirects=False, timeout=self._timeouts,
-                )
-        except GatewayError:
-            raise
+            response = await self._sessions.http1.request(
+                request.target, request.method, request.path_qs, request.headers, data,
+                deadline=deadline, connect_timeout=self._connect_timeout, idle_timeout=self._idle_timeout,
+            )
         except BaseException as exc:
             raise map_client_error(exc, body) from None
         headers = strip_hop_by_hop(response.headers, request=False)
-        stream = UpstreamBody(response)
-        return Response(response.status, headers, stream=stream, source="upstream")
+        return Response(response.status, headers, stream=response, source="upstream")
 
 
 def map_client_error(exc: BaseException, body: Body | bytes | None) -> BaseException:
-    """Turn what the aiohttp client raised into the gateway's own error (or re-raise)."""
+    """Turn what a client raised into the gateway's own error (or re-raise it)."""
     if isinstance(body, Body) and body.exceeded:
         return PayloadTooLarge(f"request body exceeds {body.limit} bytes")
     if isinstance(exc, BodyTooLarge):
         return PayloadTooLarge(str(exc))
+    if isinstance(exc, GatewayError):
+        return exc
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
         if isinstance(exc, aiohttp.ConnectionTimeoutError):
             return UpstreamConnectError("timed out connecting to the upstream")

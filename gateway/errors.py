@@ -9,9 +9,12 @@
     ├── MethodNotAllowed         405 (+ Allow)
     ├── PayloadTooLarge          413
     ├── HeadersTooLarge          431
-    ├── UpstreamError            502 (refused, reset, unusable answer)
+    ├── UpstreamError            502 (unusable answer)
+    │   ├── UpstreamConnectError     refused, unreachable: nothing was sent
+    │   └── UpstreamReset            the connection broke mid-exchange
     ├── ServiceUnavailable       503 (+ Retry-After when known)
     └── GatewayTimeout           504
+        └── UpstreamTimeout          no response head in time
 """
 
 from __future__ import annotations
@@ -90,12 +93,30 @@ class UpstreamError(GatewayError):
     status, title, slug = 502, "Bad Gateway", "upstream-error"
 
 
+class UpstreamConnectError(UpstreamError):
+    """The upstream could not be reached (refused, unreachable, timed out); nothing was sent."""
+
+    outcome = "connect_error"
+
+
+class UpstreamReset(UpstreamError):
+    """The connection broke after the request was (maybe partly) sent."""
+
+    outcome = "reset"
+
+
 class ServiceUnavailable(GatewayError):
     status, title, slug = 503, "Service Unavailable", "unavailable"
 
 
 class GatewayTimeout(GatewayError):
     status, title, slug = 504, "Gateway Timeout", "upstream-timeout"
+
+
+class UpstreamTimeout(GatewayTimeout):
+    """No response head within the time allowed."""
+
+    outcome = "timeout"
 
 
 def problem(

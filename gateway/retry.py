@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING
 
 from aiohttp_retry import ExponentialRetry
 
-from gateway.client import UpstreamConnectError, UpstreamRequest, UpstreamTimeout
+from gateway.client import UpstreamRequest
 from gateway.compose import Layer
 from gateway.config_model import RetryConfig
-from gateway.errors import GatewayError, PayloadTooLarge, UpstreamError
+from gateway.errors import GatewayError, PayloadTooLarge, UpstreamConnectError, UpstreamError, UpstreamTimeout
 from gateway.http import Body, BodyTooLarge, Response
 
 if TYPE_CHECKING:  # prometheus_client must not be imported before multiprocess mode is set up

@@ -88,6 +88,7 @@ class GatewayProcess(AdminSource):
             await self._runner.cleanup()  # closes listeners, then waits for handlers to finish
         await self.runtime.stop()
         await self.client.redis.close()
+        await self.client.http1.close()
         session = self.client.session if self.client._session is not None else None
         if session is not None:
             await session.close()

@@ -26,10 +26,10 @@ import aiohttp
 
 from gateway.balancer import Balancer
 from gateway.breaker import OPEN, STATES, Breaker, BreakerGroup, BreakerSync, breaker_layer
-from gateway.client import Sender, UpstreamConnectError, UpstreamRequest, outcome_of
+from gateway.client import Sender, UpstreamRequest, outcome_of
 from gateway.compose import Layer, compose
 from gateway.config_model import UpstreamConfig
-from gateway.errors import GatewayError, ServiceUnavailable
+from gateway.errors import GatewayError, ServiceUnavailable, UpstreamConnectError
 from gateway.health import Health
 from gateway.http import BodyStream, Response
 from gateway.plugin import ClientHolder

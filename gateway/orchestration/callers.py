@@ -11,8 +11,8 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
-from gateway.client import UpstreamRequest, UpstreamTimeout, map_client_error
-from gateway.errors import GatewayError, UpstreamError
+from gateway.client import UpstreamRequest, map_client_error
+from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
 from gateway.orchestration.engine import StepCall, StepReply
 from gateway.upstream import UpstreamHandler
 

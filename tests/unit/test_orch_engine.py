@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 
-from gateway.client import UpstreamTimeout
-from gateway.errors import ServiceUnavailable, UpstreamError
+from gateway.errors import ServiceUnavailable, UpstreamError, UpstreamTimeout
 from gateway.orchestration import (
     Orchestrator,
     PlanError,

@@ -9,9 +9,8 @@ import pytest
 from multidict import CIMultiDict
 
 from gateway.breaker import CircuitOpen
-from gateway.client import UpstreamConnectError, UpstreamReset, UpstreamTimeout
 from gateway.config_model import RetryConfig
-from gateway.errors import PayloadTooLarge, ServiceUnavailable
+from gateway.errors import PayloadTooLarge, ServiceUnavailable, UpstreamConnectError, UpstreamReset, UpstreamTimeout
 from gateway.http import Response
 from gateway.retry import IDEMPOTENT, RetryBudget, RetryPolicy, failure_kind, retry_after
 

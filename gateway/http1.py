@@ -1,0 +1,433 @@
+"""A lean HTTP/1.1 client for upstream calls: keep-alive connection pools per target, the
+llhttp parser (httptools), and nothing a proxy does not need.
+
+aiohttp's ClientSession is general purpose (cookies, redirects, auto headers, tracing,
+per-request timer objects); a proxy pays for all of it on every call. Here a call is: take
+an idle connection, write the request head (and body), wait for the response head, hand
+the body over as it arrives. Headers go out exactly as given; the body is not decoded.
+
+Timeouts: ``connect`` (opening a connection), ``deadline`` (until the response head, a
+loop time) and ``idle`` (longest silence while the body streams). A reused connection the
+upstream had closed meanwhile is retried once on a fresh one for requests that can be sent
+again (RFC 9112 §9.3.1), as aiohttp does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import httptools
+from multidict import CIMultiDict
+
+from gateway.errors import GatewayError, UpstreamConnectError, UpstreamError, UpstreamReset, UpstreamTimeout
+
+IDLE_KEEPALIVE = 15.0  # seconds an idle connection is kept (shorter than common upstream idle timeouts)
+HIGH_WATER = 256 * 1024  # buffered body bytes before the upstream socket is paused
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+class _Stale(Exception):
+    """A reused connection turned out closed before any byte of the answer came back."""
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP (or TLS) connection to a target, carrying one exchange at a time."""
+
+    def __init__(self, pool: _TargetPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser: Any = None
+        self.loop = asyncio.get_running_loop()
+        self.reused = False
+        self.closed = False
+        self.idle_since = 0.0
+        self._head: asyncio.Future[None] | None = None
+        self._status = 0
+        self._headers: CIMultiDict[str] = CIMultiDict()
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._complete = False
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._drained: asyncio.Future[None] | None = None
+        self._paused = False
+        self._got_bytes = False
+        self._no_body = False
+        self.keep_alive = True
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self._got_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(UpstreamReset("the upstream switched protocols unexpectedly"))
+        except httptools.HttpParserError:
+            self._fail(UpstreamError("the upstream sent an invalid HTTP response"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.forget(self)
+        if self._head is not None and not self._head.done():
+            self._fail(_Stale() if self.reused and not self._got_bytes else
+                       UpstreamReset("the upstream closed the connection without answering"))
+        elif not self._complete:
+            if self._until_close():
+                self._complete = True  # the body was delimited by the end of the connection
+                self._wake()
+            else:
+                self._fail(UpstreamReset("the upstream closed the connection mid-answer"))
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_exception(UpstreamReset("the upstream closed the connection"))
+
+    def pause_writing(self) -> None:
+        self._drained = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        self._drained = None
+
+    # -- httptools callbacks -------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._status:  # a trailer field after a chunked body: not forwarded (hop-by-hop framing)
+            return
+        self._headers.add(name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:  # an interim answer (100 Continue): wait for the real one
+            self._headers = CIMultiDict()
+            return
+        self._status = status
+        self.keep_alive = self.parser.should_keep_alive()
+        if self._head is not None and not self._head.done():
+            self._head.set_result(None)
+        if self._no_body:  # HEAD: llhttp cannot be told, so the answer ends with its head
+            self._message_done()
+
+    def on_body(self, body: bytes) -> None:
+        if self._complete:
+            return
+        self._chunks.append(body)
+        self._buffered += len(body)
+        if self._buffered > HIGH_WATER and not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if not self._complete and self._status:
+            self._message_done()
+
+    # -- one exchange --------------------------------------------------------------------
+
+    def _message_done(self) -> None:
+        self._complete = True
+        self._wake()
+
+    def _until_close(self) -> bool:
+        return (self._status != 0 and "Content-Length" not in self._headers
+                and "chunked" not in self._headers.get("Transfer-Encoding", "").lower())
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _fail(self, error: BaseException) -> None:
+        self._error = error
+        if self._head is not None and not self._head.done():
+            self._head.set_exception(error)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(error)
+        self.abort()
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def start(self, head_only: bool) -> asyncio.Future[None]:
+        """Reset the exchange state and return the future of the response head."""
+        self.parser = httptools.HttpResponseParser(self)
+        self._head = self.loop.create_future()
+        self._status = 0
+        self._headers = CIMultiDict()
+        self._chunks.clear()
+        self._buffered = 0
+        self._complete = False
+        self._error = None
+        self._got_bytes = False
+        self._no_body = head_only
+        self.keep_alive = True
+        return self._head
+
+    async def write_body(self, chunks: AsyncIterable[bytes], chunked: bool) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        async for chunk in chunks:
+            if not chunk:
+                continue
+            if chunked:
+                transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+            else:
+                transport.write(chunk)
+            if self._drained is not None:
+                await self._drained
+        if chunked:
+            transport.write(b"0\r\n\r\n")
+
+    def body_written(self, task: asyncio.Task[None]) -> None:
+        """The request body's writer ended: a failure (the client's body broke off or was too
+        large) ends the exchange."""
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            self._fail(error if isinstance(error, GatewayError) else UpstreamReset(str(error) or "body"))
+
+    async def next_chunk(self, idle: float) -> bytes | None:
+        """The next piece of the body, or None at its end."""
+        while True:
+            if self._chunks:
+                chunk = self._chunks.popleft()
+                self._buffered -= len(chunk)
+                if self._paused and self._buffered < HIGH_WATER // 4 and self.transport is not None:
+                    self._paused = False
+                    self.transport.resume_reading()
+                return chunk
+            if self._error is not None:
+                raise self._error
+            if self._complete:
+                return None
+            self._waiter = self.loop.create_future()
+            timer = self.loop.call_later(idle, self._idle_expired)
+            try:
+                await self._waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+
+    def _idle_expired(self) -> None:
+        self._fail(UpstreamReset("the upstream went silent mid-answer"))
+
+    @property
+    def reusable(self) -> bool:
+        return self._complete and self.keep_alive and not self.closed and self._error is None
+
+
+class Http1Response:
+    """An upstream's answer: status and headers now, the body as it arrives (a BodyStream)."""
+
+    __slots__ = ("_conn", "_done", "_idle", "_writer", "headers", "length", "status")
+
+    def __init__(self, conn: _Connection, idle: float, writer: asyncio.Task[None] | None) -> None:
+        self._conn = conn
+        self._idle = idle
+        self._writer = writer
+        self._done = False
+        self.status = conn._status
+        self.headers = conn._headers
+        length = self.headers.get("Content-Length")
+        self.length = int(length) if length is not None and length.isdigit() else None
+        if conn._no_body or self.status in (204, 304):
+            self.length = 0 if length is None else self.length
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while (chunk := await self._conn.next_chunk(self._idle)) is not None:
+            yield chunk
+
+    async def read(self) -> bytes:
+        parts = [chunk async for chunk in self]
+        return b"".join(parts)
+
+    def release(self) -> None:
+        """Give the connection back when the exchange ended cleanly, else close it."""
+        if self._done:
+            return
+        self._done = True
+        conn = self._conn
+        writer = self._writer
+        if writer is not None and not writer.done():
+            writer.cancel()
+            conn.abort()
+        elif conn.reusable:
+            conn.pool.put(conn)
+        else:
+            conn.abort()
+
+
+class _TargetPool:
+    """Idle keep-alive connections to one ``scheme://host:port``."""
+
+    def __init__(self, target: str, ssl_context: ssl.SSLContext | None) -> None:
+        parts = urlsplit(target)
+        self.host = parts.hostname or ""
+        self.tls = parts.scheme == "https"
+        self.port = parts.port or (443 if self.tls else 80)
+        default_port = (self.tls and self.port == 443) or (not self.tls and self.port == 80)
+        self.host_header = self.host if default_port else f"{self.host}:{self.port}"
+        if ":" in self.host:  # IPv6 literal
+            self.host_header = f"[{self.host}]" if default_port else f"[{self.host}]:{self.port}"
+        self.ssl = ssl_context if self.tls else None
+        self.idle: list[_Connection] = []
+        self.open: set[_Connection] = set()
+
+    async def get(self, connect_timeout: float) -> _Connection:
+        now = time.monotonic()
+        while self.idle:
+            conn = self.idle.pop()
+            if conn.closed or now - conn.idle_since > IDLE_KEEPALIVE:
+                conn.abort()
+                continue
+            conn.reused = True
+            return conn
+        return await self._connect(connect_timeout)
+
+    async def _connect(self, limit: float) -> _Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(limit):
+                _, conn = await loop.create_connection(
+                    lambda: _Connection(self), self.host, self.port, ssl=self.ssl,
+                    server_hostname=self.host if self.ssl is not None else None,
+                )
+        except TimeoutError:
+            raise UpstreamConnectError("timed out connecting to the upstream") from None
+        except OSError:
+            raise UpstreamConnectError("could not connect to the upstream") from None
+        self.open.add(conn)
+        return conn
+
+    def put(self, conn: _Connection) -> None:
+        conn.idle_since = time.monotonic()
+        self.idle.append(conn)
+
+    def forget(self, conn: _Connection) -> None:
+        self.open.discard(conn)
+
+    def close(self) -> None:
+        for conn in list(self.open):
+            conn.abort()
+        self.idle.clear()
+
+
+class Http1Client:
+    """Connection pools per target, shared by every upstream stack of a process."""
+
+    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
+        self._pools: dict[str, _TargetPool] = {}
+        self._ssl = ssl_context
+
+    def _pool(self, target: str) -> _TargetPool:
+        pool = self._pools.get(target)
+        if pool is None:
+            if target.startswith("https:") and self._ssl is None:
+                self._ssl = ssl.create_default_context()  # loads the CA store: only when needed
+            pool = self._pools[target] = _TargetPool(target, self._ssl)
+        return pool
+
+    async def request(
+        self,
+        target: str,
+        method: str,
+        path_qs: str,
+        headers: CIMultiDict[str],
+        body: bytes | AsyncIterable[bytes] | None,
+        *,
+        deadline: float,
+        connect_timeout: float,
+        idle_timeout: float,
+    ) -> Http1Response:
+        """Send one request and return once the response head is in."""
+        pool = self._pool(target)
+        head, chunked = _request_head(method, path_qs, headers, body, pool.host_header)
+        replayable = not isinstance(body, AsyncIterable) and method in IDEMPOTENT
+        for attempt in (1, 2):
+            conn = await pool.get(connect_timeout)
+            try:
+                return await self._exchange(conn, method, head, body, chunked, deadline, idle_timeout)
+            except _Stale:
+                if attempt == 2 or not replayable:
+                    raise UpstreamReset("the upstream closed a kept-alive connection") from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _exchange(
+        self, conn: _Connection, method: str, head: bytes, body: bytes | AsyncIterable[bytes] | None,
+        chunked: bool, deadline: float, idle_timeout: float,
+    ) -> Http1Response:
+        loop = conn.loop
+        arrived = conn.start(head_only=method == "HEAD")
+        transport = conn.transport
+        if transport is None or conn.closed:
+            raise _Stale()
+        writer: asyncio.Task[None] | None = None
+        if isinstance(body, bytes):
+            transport.writelines((head, body))
+        else:
+            transport.write(head)
+            if body is not None:
+                writer = loop.create_task(conn.write_body(body, chunked))
+                writer.add_done_callback(conn.body_written)
+        timer = loop.call_at(deadline, _head_timeout, arrived, conn)
+        try:
+            await arrived
+        except BaseException:
+            if writer is not None:
+                writer.cancel()
+            conn.abort()
+            raise
+        finally:
+            timer.cancel()
+        return Http1Response(conn, idle_timeout, writer)
+
+    async def close(self) -> None:
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
+
+
+def _head_timeout(arrived: asyncio.Future[None], conn: _Connection) -> None:
+    if not arrived.done():
+        arrived.set_exception(UpstreamTimeout("the upstream did not answer in time"))
+        conn.abort()
+
+
+def _request_head(
+    method: str, path_qs: str, headers: CIMultiDict[str], body: bytes | AsyncIterable[bytes] | None, host: str
+) -> tuple[bytes, bool]:
+    """The request line and headers, and whether the body goes chunked."""
+    chunked = False
+    lines = [f"{method} {path_qs} HTTP/1.1"]
+    if "Host" not in headers:
+        lines.append(f"Host: {host}")
+    for name, value in headers.items():
+        if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
+            raise UpstreamError(f"header {name!r} contains a line break")
+        lines.append(f"{name}: {value}")
+    if isinstance(body, bytes):
+        if "Content-Length" not in headers:
+            lines.append(f"Content-Length: {len(body)}")
+    elif body is not None:
+        if "Content-Length" not in headers:
+            lines.append("Transfer-Encoding: chunked")
+            chunked = True
+    elif method in _BODY_METHODS and "Content-Length" not in headers:
+        lines.append("Content-Length: 0")
+    lines.append("\r\n")
+    return "\r\n".join(lines).encode("utf-8", "surrogateescape"), chunked
