@@ -85,9 +85,12 @@ class Sender:
         self._idle_timeout = timeouts.sock_read or 60.0
         self._response_timeout = response_timeout
         self._max_msg_size = max_msg_size
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def __call__(self, request: UpstreamRequest) -> Response:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:  # asyncio.get_running_loop() costs a getpid() syscall: look it up once
+            loop = self._loop = asyncio.get_running_loop()
         deadline = min(request.deadline, loop.time() + self._response_timeout)
         if request.websocket:
             from gateway.websocket import open_websocket

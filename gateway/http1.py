@@ -357,7 +357,7 @@ class Http1Client:
         """Send one request and return once the response head is in."""
         pool = self._pool(target)
         head, chunked = _request_head(method, path_qs, headers, body, pool.host_header)
-        replayable = not isinstance(body, AsyncIterable) and method in IDEMPOTENT
+        replayable = (body is None or type(body) is bytes) and method in IDEMPOTENT  # no ABC check: hot path
         for attempt in (1, 2):
             conn = await pool.get(connect_timeout)
             try:
@@ -377,13 +377,14 @@ class Http1Client:
         if transport is None or conn.closed:
             raise _Stale()
         writer: asyncio.Task[None] | None = None
-        if isinstance(body, bytes):
+        if body is None:
+            transport.write(head)
+        elif type(body) is bytes:  # no ABC isinstance on the hot path
             transport.writelines((head, body))
         else:
             transport.write(head)
-            if body is not None:
-                writer = loop.create_task(conn.write_body(body, chunked))
-                writer.add_done_callback(conn.body_written)
+            writer = loop.create_task(conn.write_body(body, chunked))  # type: ignore[arg-type]
+            writer.add_done_callback(conn.body_written)
         timer = loop.call_at(deadline, _head_timeout, arrived, conn)
         try:
             await arrived
@@ -420,7 +421,7 @@ def _request_head(
         if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
             raise UpstreamError(f"header {name!r} contains a line break")
         lines.append(f"{name}: {value}")
-    if isinstance(body, bytes):
+    if type(body) is bytes:
         if "Content-Length" not in headers:
             lines.append(f"Content-Length: {len(body)}")
     elif body is not None:

@@ -57,6 +57,7 @@ class ProxyTerminal:
         self.rewrite = compile_rewrite(rewrite) if rewrite is not None else None
         self.preserve_host = preserve_host
         self.websocket = websocket
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def __call__(self, request: Request) -> Response:
         incoming = request.headers
@@ -79,7 +80,10 @@ class ProxyTerminal:
         if request.query_string:
             path = f"{path}?{request.query_string}"
         body = None if request.body.empty else request.body
-        deadline = asyncio.get_running_loop().time() + self.timeout
+        loop = self._loop
+        if loop is None:  # asyncio.get_running_loop() costs a getpid() syscall: look it up once
+            loop = self._loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
         call = UpstreamRequest(
             request.method, path, headers, body, route=self.route, upstream=self.upstream, deadline=deadline
         )
