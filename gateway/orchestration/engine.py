@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from gateway.orchestration.templates import (
 )
 
 Outcome = Literal["ok", "failed", "fallback", "skipped"]
+log = logging.getLogger("gateway.orchestration")
 
 
 @dataclass(frozen=True)
@@ -116,45 +118,36 @@ class Orchestrator:
     ) -> Result:
         """Run every step within ``budget`` seconds; ``headers`` go with each call (e.g. the request id)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + budget
-        run = _Run(self, scope, call, deadline, dict(headers or {}))
+        run = _Run(self, scope, call, loop, loop.time() + budget, dict(headers or {}))
         return await run.execute()
 
 
 class _Run:
     """The state of one orchestration."""
 
-    def __init__(self, owner: Orchestrator, scope: Scope, call: StepCaller, deadline: float,
-                 headers: dict[str, str]) -> None:
+    def __init__(self, owner: Orchestrator, scope: Scope, call: StepCaller, loop: asyncio.AbstractEventLoop,
+                 deadline: float, headers: dict[str, str]) -> None:
         self.plan = owner.plan
         self.observer = owner.observer
         self.call = call
+        self.loop = loop
         self.deadline = deadline
         self.headers = headers
         self.raw: dict[str, Any] = {}
         self.scope = scope.with_results(self.raw)  # the caller's Scope stays untouched
-        loop = asyncio.get_running_loop()
         self.finished: dict[str, asyncio.Future[StepResult]] = {s.name: loop.create_future() for s in self.plan.steps}
+        # Resolved once: every step reported, a decisive result (a Result), or the budget ran out.
+        self._outcome: asyncio.Future[Result | None] = loop.create_future()
+        self._unreported = len(self.plan.steps)
 
     async def execute(self) -> Result:
-        loop = asyncio.get_running_loop()
-        tasks = {loop.create_task(self._step(step)): step for step in self.plan.steps}
-        order = {step.name: index for index, step in enumerate(self.plan.steps)}
-        pending = set(tasks)
-        abort: Result | None = None
+        tasks = [self.loop.create_task(self._step(step)) for step in self.plan.steps]
+        timer = self.loop.call_at(self.deadline, self._conclude, None)
         try:
-            while pending and abort is None:
-                done, pending = await asyncio.wait(
-                    pending, timeout=max(0.0, self.deadline - loop.time()), return_when=asyncio.FIRST_COMPLETED
-                )
-                if not done:
-                    break  # the route's budget is spent
-                # Dependants of a failed step finish in the same batch (as skipped): decide by
-                # the most telling result, then declaration order, never by set order.
-                verdicts = [(v, order[tasks[t].name]) for t in done if (v := self._decisive(t.result(), tasks[t]))]
-                if verdicts:
-                    abort = min(verdicts, key=lambda item: (item[0][0], item[1]))[0][1]
+            abort = await self._outcome if tasks else None
         finally:
+            timer.cancel()
+            pending = [task for task in tasks if not task.done()]
             for task in pending:
                 task.cancel()
             if pending:
@@ -173,7 +166,7 @@ class _Run:
         """The result of a step; one that never finished was cut short by the budget (or by
         a decisive failure elsewhere, which makes it skipped)."""
         future = self.finished[step.name]
-        if future.done():
+        if future.done() and not future.cancelled():
             return future.result()
         if decided:
             result = StepResult(step.name, "skipped", None, "the answer was decided by another step")
@@ -182,20 +175,20 @@ class _Run:
         self._observe(step.name, result.outcome, 0.0)
         return result
 
-    def _decisive(self, result: StepResult, step: StepPlan) -> tuple[int, Result] | None:
-        """A result that decides the whole answer, with its rank (lower is more telling):
-        a bad request, a required step's failure, a required step that could not be called."""
+    def _decisive(self, result: StepResult, step: StepPlan) -> Result | None:
+        """A result that decides the whole answer: a bad request, a required step's failure,
+        a required step that could not be called."""
         if result.bad_request:
-            return 0, Result(400, None, False, [], failed_step=step.name, detail=result.error)
+            return Result(400, None, False, [], failed_step=step.name, detail=result.error)
         if result.outcome == "failed" and not step.optional:
             # An upstream's own 503/504 is an upstream error (502); 503/504 are the gateway's
             # words for an open breaker and a spent budget.
             status = result.status if result.status in (503, 504) and not result.from_upstream else 502
             detail = f"step {step.name!r} failed: {result.error}"
-            return 1, Result(status, None, False, [], failed_step=step.name, detail=detail)
+            return Result(status, None, False, [], failed_step=step.name, detail=detail)
         if result.outcome == "skipped" and not result.by_condition and not step.optional:
             detail = f"step {step.name!r} was not called: {result.error}"
-            return 2, Result(502, None, False, [], failed_step=step.name, detail=detail)
+            return Result(502, None, False, [], failed_step=step.name, detail=detail)
         return None
 
     def _success(self, results: dict[str, StepResult]) -> Result:
@@ -216,21 +209,35 @@ class _Run:
 
     # -- one step ----------------------------------------------------------------------
 
+    def _conclude(self, verdict: Result | None) -> None:
+        if not self._outcome.done():
+            self._outcome.set_result(verdict)
+
+    def _report(self, step: StepPlan, result: StepResult) -> None:
+        """A step finished. A step's dependants can only finish after it, so the first
+        decisive result is the root cause, not a dependant it made skip."""
+        future = self.finished[step.name]
+        if not future.done():
+            future.set_result(result)
+        verdict = self._decisive(result, step)
+        self._unreported -= 1
+        if verdict is not None or self._unreported == 0:
+            self._conclude(verdict)
+
     async def _step(self, step: StepPlan) -> StepResult:
         start = time.perf_counter()
-        result: StepResult | None = None
         try:
             result = await self._step_inner(step)
-            return result
-        finally:
-            if result is not None:
-                self.finished[step.name].set_result(result)
-                self._observe(step.name, result.outcome, time.perf_counter() - start)
+        except Exception:  # a bug must not leave the answer waiting for the budget
+            log.exception("orchestration step %s failed unexpectedly", step.name)
+            result = self._failed(step, 502, "the gateway could not complete this step")
+        self._observe(step.name, result.outcome, time.perf_counter() - start)
+        self._report(step, result)
+        return result
 
     async def _step_inner(self, step: StepPlan) -> StepResult:
         if step.depends_on:
-            await asyncio.wait([self.finished[d] for d in step.depends_on])
-            before = [self.finished[d].result() for d in step.depends_on]
+            before = [await self.finished[d] for d in step.depends_on]
             broken = [r for r in before if not r.by_condition and r.outcome != "ok"]
             if broken:
                 return self._skipped(step, by_condition=False, why=f"depends on {broken[0].name!r}, which failed")
@@ -300,13 +307,11 @@ class _Run:
             raise StepFailed(502, str(exc)) from None
         deadline = self.deadline
         if step.timeout is not None:
-            deadline = min(deadline, asyncio.get_running_loop().time() + step.timeout)
+            deadline = min(deadline, self.loop.time() + step.timeout)
         try:
-            async with asyncio.timeout_at(deadline):  # also for callers that ignore the deadline
-                call = StepCall(step.name, step.upstream, step.method, path_qs, headers, body, deadline)
-                reply = await self.call(call)
-        except TimeoutError:
-            raise StepFailed(504, "the upstream did not answer in time") from None
+            # The caller keeps the deadline (the gateway's clients and SessionCaller do); the
+            # route budget as a whole is enforced by execute() either way.
+            reply = await self.call(StepCall(step.name, step.upstream, step.method, path_qs, headers, body, deadline))
         except GatewayError as exc:
             raise StepFailed(exc.status, exc.detail) from None
         return decode_reply(reply)
