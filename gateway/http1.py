@@ -28,6 +28,7 @@ from multidict import CIMultiDict
 from gateway.errors import GatewayError, UpstreamConnectError, UpstreamError, UpstreamReset, UpstreamTimeout
 
 IDLE_KEEPALIVE = 15.0  # seconds an idle connection is kept (shorter than common upstream idle timeouts)
+MAX_IDLE = 256  # idle connections kept per target
 HIGH_WATER = 256 * 1024  # buffered body bytes before the upstream socket is paused
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -83,13 +84,13 @@ class _Connection(asyncio.Protocol):
             self._fail(_Stale() if self.reused and not self._got_bytes else
                        UpstreamReset("the upstream closed the connection without answering"))
         elif not self._complete:
-            if self._until_close():
+            if exc is None and self._until_close():
                 self._complete = True  # the body was delimited by the end of the connection
                 self._wake()
             else:
                 self._fail(UpstreamReset("the upstream closed the connection mid-answer"))
         if self._drained is not None and not self._drained.done():
-            self._drained.set_exception(UpstreamReset("the upstream closed the connection"))
+            self._drained.set_result(None)  # the body writer sees `closed` and stops
 
     def pause_writing(self) -> None:
         self._drained = self.loop.create_future()
@@ -148,6 +149,10 @@ class _Connection(asyncio.Protocol):
             waiter.set_result(None)
 
     def _fail(self, error: BaseException) -> None:
+        if self._complete:  # the answer is whole: only the connection is lost
+            self.keep_alive = False
+            self.abort()
+            return
         self._error = error
         if self._head is not None and not self._head.done():
             self._head.set_exception(error)
@@ -163,6 +168,9 @@ class _Connection(asyncio.Protocol):
 
     def start(self, head_only: bool) -> asyncio.Future[None]:
         """Reset the exchange state and return the future of the response head."""
+        if self._paused and self.transport is not None:  # an answer released unread left it paused
+            self._paused = False
+            self.transport.resume_reading()
         self.parser = httptools.HttpResponseParser(self)
         self._head = self.loop.create_future()
         self._status = 0
@@ -181,6 +189,8 @@ class _Connection(asyncio.Protocol):
         if transport is None:
             return
         async for chunk in chunks:
+            if self.closed:
+                return  # the upstream is gone (or answered and hung up): stop reading the client
             if not chunk:
                 continue
             if chunked:
@@ -211,10 +221,10 @@ class _Connection(asyncio.Protocol):
                     self._paused = False
                     self.transport.resume_reading()
                 return chunk
-            if self._error is not None:
-                raise self._error
             if self._complete:
                 return None
+            if self._error is not None:
+                raise self._error
             self._waiter = self.loop.create_future()
             timer = self.loop.call_later(idle, self._idle_expired)
             try:
@@ -288,7 +298,7 @@ class _TargetPool:
         self.idle: list[_Connection] = []
         self.open: set[_Connection] = set()
 
-    async def get(self, connect_timeout: float) -> _Connection:
+    async def get(self, connect_timeout: float, deadline: float) -> _Connection:
         now = time.monotonic()
         while self.idle:
             conn = self.idle.pop()
@@ -297,17 +307,23 @@ class _TargetPool:
                 continue
             conn.reused = True
             return conn
-        return await self._connect(connect_timeout)
+        return await self._connect(connect_timeout, deadline)
 
-    async def _connect(self, limit: float) -> _Connection:
+    async def _connect(self, limit: float, deadline: float) -> _Connection:
+        """Open a connection within ``limit`` seconds and before ``deadline`` (the route's
+        budget covers connecting too): the first to expire decides 502 or 504."""
         loop = asyncio.get_running_loop()
+        left = deadline - loop.time()
+        budget_first = left < limit
         try:
-            async with asyncio.timeout(limit):
+            async with asyncio.timeout(min(limit, max(left, 0.0))):
                 _, conn = await loop.create_connection(
                     lambda: _Connection(self), self.host, self.port, ssl=self.ssl,
                     server_hostname=self.host if self.ssl is not None else None,
                 )
         except TimeoutError:
+            if budget_first:
+                raise UpstreamTimeout("the route's timeout ran out while connecting to the upstream") from None
             raise UpstreamConnectError("timed out connecting to the upstream") from None
         except OSError:
             raise UpstreamConnectError("could not connect to the upstream") from None
@@ -317,6 +333,13 @@ class _TargetPool:
     def put(self, conn: _Connection) -> None:
         conn.idle_since = time.monotonic()
         self.idle.append(conn)
+        if len(self.idle) > MAX_IDLE:
+            self.idle.pop(0).abort()
+
+    def sweep(self, now: float) -> None:
+        """Close idle connections older than IDLE_KEEPALIVE (the oldest are first)."""
+        while self.idle and (self.idle[0].closed or now - self.idle[0].idle_since > IDLE_KEEPALIVE):
+            self.idle.pop(0).abort()
 
     def forget(self, conn: _Connection) -> None:
         self.open.discard(conn)
@@ -359,7 +382,7 @@ class Http1Client:
         head, chunked = _request_head(method, path_qs, headers, body, pool.host_header)
         replayable = (body is None or type(body) is bytes) and method in IDEMPOTENT  # no ABC check: hot path
         for attempt in (1, 2):
-            conn = await pool.get(connect_timeout)
+            conn = await pool.get(connect_timeout, deadline)
             try:
                 return await self._exchange(conn, method, head, body, chunked, deadline, idle_timeout)
             except _Stale:
@@ -385,7 +408,19 @@ class Http1Client:
             transport.write(head)
             writer = loop.create_task(conn.write_body(body, chunked))  # type: ignore[arg-type]
             writer.add_done_callback(conn.body_written)
-        timer = loop.call_at(deadline, _head_timeout, arrived, conn)
+        timers: list[asyncio.TimerHandle] = []
+        if writer is None:
+            timers.append(loop.call_at(deadline, _head_timeout, arrived, conn))
+        else:
+            # A streamed upload runs at the client's pace: the wait for the answer starts once it
+            # is sent (as in Envoy), so a slow client never counts against the upstream.
+            budget = deadline - loop.time()
+
+            def arm(_: asyncio.Task[None]) -> None:
+                if not arrived.done():
+                    timers.append(loop.call_later(max(budget, 0.0), _head_timeout, arrived, conn))
+
+            writer.add_done_callback(arm)
         try:
             await arrived
         except BaseException:
@@ -394,8 +429,22 @@ class Http1Client:
             conn.abort()
             raise
         finally:
-            timer.cancel()
+            for timer in timers:
+                timer.cancel()
         return Http1Response(conn, idle_timeout, writer)
+
+    def sweep(self) -> None:
+        """Close connections idle for too long; forget pools with nothing left in them."""
+        now = time.monotonic()
+        for target, pool in list(self._pools.items()):
+            pool.sweep(now)
+            if not pool.idle and not pool.open:
+                del self._pools[target]
+
+    async def sweep_forever(self, every: float = IDLE_KEEPALIVE / 3) -> None:
+        while True:
+            await asyncio.sleep(every)
+            self.sweep()
 
     async def close(self) -> None:
         for pool in self._pools.values():

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from urllib.parse import quote
 
 from gateway.client import UpstreamRequest
+from gateway.errors import BadRequest
 from gateway.forwarding import TrustedProxies, strip_hop_by_hop
 from gateway.http import Request, Response
 from gateway.upstream import UpstreamHandler
@@ -29,7 +30,18 @@ def compile_rewrite(template: str) -> Callable[[Mapping[str, str]], str]:
     parts.append((False, template[position:]))
 
     def render(params: Mapping[str, str]) -> str:
-        return "".join(quote(params[v], safe=_PATH_SAFE) if is_param else v for is_param, v in parts)
+        out = []
+        for is_param, value in parts:
+            if not is_param:
+                out.append(value)
+                continue
+            decoded = params[value]
+            # aiohttp decodes parameters: "..%2F" arrives as "../". Re-encoding keeps "/", so a
+            # "." or ".." segment would climb out of the rewritten prefix upstream.
+            if any(segment in (".", "..") for segment in decoded.split("/")):
+                raise BadRequest(f"path parameter {value!r} may not contain '.' or '..' segments")
+            out.append(quote(decoded, safe=_PATH_SAFE))
+        return "".join(out)
 
     return render
 
@@ -65,7 +77,7 @@ class ProxyTerminal:
         headers = strip_hop_by_hop(incoming, request=True)
         headers.popall("X-Gateway-Attempt", None)  # the gateway's own word on retries
         peer_trusted = self.trusted.trusts(request.peer)
-        forwarded = incoming.get("X-Forwarded-For")
+        forwarded = ", ".join(incoming.getall("X-Forwarded-For", ()))  # every line, in order
         headers["X-Forwarded-For"] = f"{forwarded}, {request.peer}" if forwarded else request.peer
         if not (peer_trusted and "X-Forwarded-Proto" in incoming):
             headers["X-Forwarded-Proto"] = request.scheme

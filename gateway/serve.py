@@ -57,11 +57,13 @@ class GatewayProcess(AdminSource):
         self._runner: web.ServerRunner | None = None
         self._admin_runner: web.AppRunner | None = None
         self._reload_lock = asyncio.Lock()
+        self._sweeper: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
         self.client.set(new_session())
+        self._sweeper = asyncio.get_running_loop().create_task(self.client.http1.sweep_forever())
         await self.runtime.start()
         settings = self.loaded.config.gateway
         server = web.Server(
@@ -88,6 +90,8 @@ class GatewayProcess(AdminSource):
             await self._runner.cleanup()  # closes listeners, then waits for handlers to finish
         await self.runtime.stop()
         await self.client.redis.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         await self.client.http1.close()
         session = self.client.session if self.client._session is not None else None
         if session is not None:

@@ -91,7 +91,7 @@ class Edge:
         return Request(
             raw.method, *_split_target(raw.raw_path), headers, body,
             params=params,
-            client_ip=runtime.trusted.client_ip(peer, headers.get("X-Forwarded-For")),
+            client_ip=runtime.trusted.client_ip(peer, ", ".join(headers.getall("X-Forwarded-For", ()))),
             peer=peer, scheme=raw.scheme, host=raw.host, version=(raw.version.major, raw.version.minor),
             route=route, request_id=request_id,
         )

@@ -308,10 +308,15 @@ class _Run:
         deadline = self.deadline
         if step.timeout is not None:
             deadline = min(deadline, self.loop.time() + step.timeout)
+        call = StepCall(step.name, step.upstream, step.method, path_qs, headers, body, deadline)
         try:
-            # The caller keeps the deadline (the gateway's clients and SessionCaller do); the
-            # route budget as a whole is enforced by execute() either way.
-            reply = await self.call(StepCall(step.name, step.upstream, step.method, path_qs, headers, body, deadline))
+            if step.timeout is None:  # the route budget as a whole is enforced by execute()
+                reply = await self.call(call)
+            else:  # the step's own limit covers its whole answer, body included
+                async with asyncio.timeout_at(deadline):
+                    reply = await self.call(call)
+        except TimeoutError:
+            raise StepFailed(504, f"no answer within the step's timeout ({step.timeout:g}s)") from None
         except GatewayError as exc:
             raise StepFailed(exc.status, exc.detail) from None
         return decode_reply(reply)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -216,4 +218,69 @@ async def test_large_answer_is_streamed_with_flow_control() -> None:
             await asyncio.sleep(0)  # a slow reader
         response.release()
         assert received == size
+    await client.close()
+
+
+async def test_a_connection_released_unread_while_paused_serves_the_next_request() -> None:
+    big = 300 * 1024  # past the high-water mark, so reading pauses, but it all arrives at once
+    answered: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_head(reader)
+            if not answered:
+                writer.write(f"HTTP/1.1 503 Busy\r\nContent-Length: {big}\r\n\r\n".encode() + b"x" * big)
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            answered.append(1)
+            await writer.drain()
+
+    client = Http1Client()
+    async with raw_server(serve) as (target, _):
+        loop = asyncio.get_running_loop()
+        first = await client.request(target, "GET", "/", CIMultiDict(), None,
+                                     deadline=loop.time() + 2, connect_timeout=1, idle_timeout=2)
+        assert first.status == 503
+        await asyncio.sleep(0.1)  # the whole answer arrives, reading pauses at the high-water mark
+        first.release()  # unread: a retry layer does this before trying again
+        status, _, body = await call(client, target, budget=1.0)
+        assert (status, body) == (200, b"ok")
+    await client.close()
+
+
+async def test_a_reset_mid_body_of_a_close_delimited_answer_is_an_error() -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\npartial")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # with SO_LINGER 0: an RST, not a FIN
+
+    client = Http1Client()
+    async with raw_server(serve) as (target, _):
+        with pytest.raises(UpstreamReset):
+            await call(client, target)
+    await client.close()
+
+
+async def test_idle_connections_are_swept() -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_head(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    import gateway.http1 as http1
+
+    client = Http1Client()
+    async with raw_server(serve) as (target, _):
+        await asyncio.gather(*(call(client, target) for _ in range(5)))
+        pool = client._pools[target]
+        assert len(pool.idle) == 5
+        for conn in pool.idle:
+            conn.idle_since -= http1.IDLE_KEEPALIVE + 1
+        client.sweep()
+        assert target not in client._pools or not client._pools[target].idle
     await client.close()

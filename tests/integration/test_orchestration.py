@@ -422,3 +422,30 @@ async def test_engine_works_as_a_library_without_the_gateway(upstream: StartUpst
     assert result.status == 200
     assert result.complete
     assert result.body == {"user": {"id": 5, "name": "Grace"}, "orders": [{"id": 9}]}
+
+
+async def test_a_step_timeout_covers_the_body_too(upstream: StartUpstream, gateway: StartGateway,
+                                                  http: aiohttp.ClientSession) -> None:
+    async def slow_body(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        await response.write(b'{"slow":')
+        await asyncio.sleep(2)
+        await response.write(b"1}")
+        return response
+
+    up = await upstream(slow_body, record_bodies=False)
+    gw = await gateway(_route({"s": up.url}, """
+[[routes.steps]]
+name = "slow"
+upstream = "s"
+path = "/slow"
+timeout = "300ms"
+fallback = { slow = 0 }
+"""))
+    started = time.monotonic()
+    async with http.get(url(gw, "/combo/1")) as response:
+        assert response.status == 200
+        assert response.headers["X-Gateway-Complete"] == "false"
+        assert await response.json() == {"slow": 0}
+    assert time.monotonic() - started < 1.0

@@ -301,3 +301,22 @@ async def test_300mb_streams_both_ways_with_flat_memory(
     peak = gw.peak_rss_kib()
     assert peak < RSS_BOUND_KIB, f"gateway peak RSS {peak} KiB (baseline {baseline} KiB)"
     assert elapsed < 60
+
+
+async def test_a_slow_upload_does_not_count_against_the_upstream_timeout(
+    upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    async def count(request: web.Request) -> web.Response:
+        return web.json_response({"bytes": len(await request.read())})
+
+    up = await upstream(count, record_bodies=False)
+    gw = await gateway(proxy_config(up.url, route_extra='timeout = "300ms"'))
+
+    async def slowly() -> AsyncIterator[bytes]:
+        for _ in range(3):
+            yield b"x" * 1000
+            await asyncio.sleep(0.2)
+
+    async with http.post(url(gw, "/svc/upload"), data=slowly()) as response:
+        assert response.status == 200  # 600 ms of client pace, but the upstream answered at once
+        assert await response.json() == {"bytes": 3000}

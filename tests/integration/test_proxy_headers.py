@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
+from yarl import URL
 
 from tests.conftest import StartGateway, StartUpstream, Upstream, url
 
@@ -601,3 +602,34 @@ async def test_client_cannot_spoof_consumer_headers(
         assert response.status == 200
     received = up.requests[0].headers
     assert not [k for k in received if k.lower().startswith("x-consumer")]
+
+
+async def test_rewrite_refuses_dot_segments_from_encoded_slashes(
+    upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    up = await upstream()
+    gw = await gateway(proxy_config(up.url))
+    for path in ("/svc/..%2F..%2Fadmin", "/svc/%2e%2e/%2e%2e/admin", "/svc/a/..%2fadmin"):
+        async with http.get(URL(url(gw, path), encoded=True)) as response:
+            assert response.status == 400, path
+            assert response.headers["Content-Type"] == "application/problem+json"
+    assert up.hits == 0
+    async with http.get(url(gw, "/svc/a/b.txt")) as response:
+        assert response.status == 200
+    assert up.requests[0].path == "/a/b.txt"
+
+
+async def test_every_x_forwarded_for_line_counts(
+    upstream: StartUpstream, gateway: StartGateway
+) -> None:
+    up = await upstream()
+    gw = await gateway(proxy_config(
+        up.url, gateway_extra='trusted_proxies = ["127.0.0.1/32"]',
+        route_extra='[[routes.plugins]]\nuse = "ip_filter"\ndeny = ["203.0.113.0/24"]'))
+    request = (b"GET /svc/a HTTP/1.1\r\nHost: gw\r\nX-Forwarded-For: 198.51.100.1\r\n"
+               b"X-Forwarded-For: 203.0.113.9\r\n\r\n")
+    response = await raw_exchange(gw.port, request)
+    assert response.status == 403  # the proxy's own line names the client, not the first line
+    ok = await raw_exchange(gw.port, request.replace(b"203.0.113.9", b"192.0.2.7"))
+    assert ok.status == 200
+    assert up.requests[-1].headers["X-Forwarded-For"] == "198.51.100.1, 192.0.2.7, 127.0.0.1"
