@@ -18,7 +18,6 @@ from gateway.errors import (
     UpstreamReset,
     UpstreamTimeout,
 )
-from gateway.forwarding import strip_hop_by_hop
 from gateway.http import Body, BodyTooLarge, Response
 
 
@@ -114,8 +113,9 @@ class Sender:
             )
         except BaseException as exc:
             raise map_client_error(exc, body) from None
-        headers = strip_hop_by_hop(response.headers, request=False)
-        return Response(response.status, headers, stream=response, source="upstream")
+        # Headers as received: the proxy terminal drops the hop-by-hop ones before forwarding;
+        # orchestration steps only read the answer.
+        return Response(response.status, response.headers, stream=response, source="upstream")
 
 
 def map_client_error(exc: BaseException, body: Body | bytes | None) -> BaseException:

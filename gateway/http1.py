@@ -263,7 +263,10 @@ class Http1Response:
             yield chunk
 
     async def read(self) -> bytes:
-        parts = [chunk async for chunk in self]
+        conn = self._conn
+        parts: list[bytes] = []
+        while (chunk := await conn.next_chunk(self._idle)) is not None:
+            parts.append(chunk)
         return b"".join(parts)
 
     def release(self) -> None:

@@ -100,4 +100,7 @@ class ProxyTerminal:
             request.method, path, headers, body, route=self.route, upstream=self.upstream, deadline=deadline
         )
         call.websocket = upgrade
-        return await self.stack(call)
+        response = await self.stack(call)
+        if response.upgrade is None:
+            response.headers = strip_hop_by_hop(response.headers, request=False)
+        return response

@@ -283,10 +283,8 @@ class Upstream:
             raise
         if health is not None:
             health.passive(target, ok=response.status < 500)
-        if response.upgrade is not None:
-            balancer.release(target)  # a long-lived tunnel is not a request in flight
-        elif response.stream is None:
-            balancer.release(target)
+        if response.stream is None or response.upgrade is not None or balancer.policy != "least_requests":
+            balancer.release(target)  # a tunnel is not a request in flight; only least_requests counts bodies
         else:
             response.stream = _Tracked(response.stream, lambda: balancer.release(target))
         return response

@@ -45,8 +45,14 @@ class UpstreamCaller:
             route=self.route, upstream=call.upstream, deadline=call.deadline,
         )
         response = await self.stacks[call.upstream](request)
+        stream = response.stream
         try:  # the body's pace is bounded by the upstream's idle timeout and the route budget
-            body = response.body if response.stream is None else await read_limited(response.stream, self.limit)
+            if stream is None:
+                body = response.body
+            elif (length := getattr(stream, "length", None)) is not None and length <= self.limit:
+                body = await stream.read()  # type: ignore[attr-defined]
+            else:
+                body = await read_limited(stream, self.limit)
         finally:
             response.release()
         return StepReply(response.status, body, response.headers.get("Content-Type"))

@@ -34,7 +34,7 @@ Outcome = Literal["ok", "failed", "fallback", "skipped"]
 log = logging.getLogger("gateway.orchestration")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class StepCall:
     """One HTTP call a step makes."""
 
@@ -47,7 +47,7 @@ class StepCall:
     deadline: float  # event-loop time by which the answer must be there
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class StepReply:
     status: int
     body: bytes
@@ -75,7 +75,7 @@ class ClientInputMissing(Exception):
     """The client's request lacks a value a template needs (the answer is a 400)."""
 
 
-@dataclass
+@dataclass(slots=True)
 class StepResult:
     name: str
     outcome: Outcome

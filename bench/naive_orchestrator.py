@@ -1,0 +1,76 @@
+"""The orchestration baseline: the gather-and-merge handler a typical developer writes with aiohttp.
+
+One shared ClientSession; ``GET /dashboard/{id}`` calls the users and orders services
+concurrently with ``asyncio.gather``, decodes both with ``await r.json()`` and answers
+``{"user": ..., "orders": ...}`` with ``web.json_response``. A failed call (status >= 400)
+raises, so aiohttp answers 500. No timeout budget, no request id, no metrics, no shaping.
+It runs on uvloop, like the gateway (gateway/process_main.py), so the comparison is about
+the orchestration code.
+
+    python bench/naive_orchestrator.py --listen 127.0.0.1:8000 --upstream http://127.0.0.1:8001
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any
+
+import aiohttp
+import uvloop
+from aiohttp import web
+
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+
+
+def make_app(upstream: str) -> web.Application:
+    app = web.Application()
+
+    async def open_session(app: web.Application) -> None:
+        app[SESSION] = aiohttp.ClientSession()
+
+    async def close_session(app: web.Application) -> None:
+        await app[SESSION].close()
+
+    async def get_json(session: aiohttp.ClientSession, url: str) -> Any:
+        async with session.get(url) as response:
+            response.raise_for_status()
+            return await response.json()
+
+    async def dashboard(request: web.Request) -> web.Response:
+        user_id = request.match_info["id"]
+        session = request.app[SESSION]
+        user, orders = await asyncio.gather(
+            get_json(session, f"{upstream}/users/{user_id}"),
+            get_json(session, f"{upstream}/orders?user={user_id}"),
+        )
+        return web.json_response({"user": user, "orders": orders})
+
+    app.on_startup.append(open_session)
+    app.on_cleanup.append(close_session)
+    app.router.add_get("/dashboard/{id}", dashboard)
+    return app
+
+
+async def serve(host: str, port: int, upstream: str) -> None:
+    runner = web.AppRunner(make_app(upstream), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port, backlog=1024).start()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--listen", required=True, help="HOST:PORT")
+    parser.add_argument("--upstream", required=True, help="http://HOST:PORT (serves /users/ID and /orders)")
+    args = parser.parse_args()
+    host, _, port = args.listen.rpartition(":")
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(serve(host, int(port), args.upstream.rstrip("/")))
+
+
+if __name__ == "__main__":
+    main()
