@@ -64,7 +64,7 @@ ORDERS = [{"id": 101, "total": 12.5}]
 EXPECTED = {"user": USER, "orders": ORDERS}
 PATH = "/dashboard/1"
 TARGETS = ("naive", "gateway")
-GOAL = 1.5  # gateway/naive throughput asked for by the issue
+GOAL = 1.5  # the gateway/naive throughput we aim for
 PROFILE_SECONDS = 6
 PROFILE_TOP = 30
 
