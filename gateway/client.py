@@ -13,12 +13,14 @@ import aiohttp
 from gateway.errors import (
     GatewayError,
     PayloadTooLarge,
+    RequestTimeout,
     UpstreamConnectError,
     UpstreamError,
     UpstreamReset,
     UpstreamTimeout,
+    body_error,
 )
-from gateway.http import Body, BodyTooLarge, Response
+from gateway.http import Body, BodyError, Response
 
 
 def outcome_of(error: BaseException) -> str:
@@ -120,10 +122,12 @@ class Sender:
 
 def map_client_error(exc: BaseException, body: Body | bytes | None) -> BaseException:
     """Turn what a client raised into the gateway's own error (or re-raise it)."""
+    if isinstance(exc, BodyError):
+        return body_error(exc)
     if isinstance(body, Body) and body.exceeded:
-        return PayloadTooLarge(f"request body exceeds {body.limit} bytes")
-    if isinstance(exc, BodyTooLarge):
-        return PayloadTooLarge(str(exc))
+        if body.received > body.limit:
+            return PayloadTooLarge(f"request body exceeds {body.limit} bytes")
+        return RequestTimeout(f"the request body stalled for more than {body.idle:g}s")
     if isinstance(exc, GatewayError):
         return exc
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):

@@ -83,6 +83,7 @@ class GatewaySettings(Strict):
     timeout: Duration = 30.0
     max_body_bytes: Size = 10 * 1024 * 1024
     drain_timeout: Duration = 20.0
+    client_body_timeout: Duration = 60.0  # longest silence while a client sends its body: 408
     trusted_proxies: list[Cidr] = Field(default_factory=list)
     redis_url: str = ""
 

@@ -7,6 +7,7 @@
     ├── Forbidden                403
     ├── NotFound                 404
     ├── MethodNotAllowed         405 (+ Allow)
+    ├── RequestTimeout           408 (the client's body stalled)
     ├── PayloadTooLarge          413
     ├── HeadersTooLarge          431
     ├── UpstreamError            502 (unusable answer)
@@ -24,7 +25,7 @@ from collections.abc import Iterable
 
 from multidict import CIMultiDict
 
-from gateway.http import Response
+from gateway.http import BodyError, BodyStalled, Response
 
 PROBLEM_BASE = "https://gateway.dev/problems/"
 
@@ -81,6 +82,10 @@ class MethodNotAllowed(GatewayError):
         super().__init__(f"method {method} is not allowed here", headers={"Allow": allow})
 
 
+class RequestTimeout(GatewayError):
+    status, title, slug = 408, "Request Timeout", "request-timeout"
+
+
 class PayloadTooLarge(GatewayError):
     status, title, slug = 413, "Content Too Large", "payload-too-large"
 
@@ -117,6 +122,13 @@ class UpstreamTimeout(GatewayTimeout):
     """No response head within the time allowed."""
 
     outcome = "timeout"
+
+
+def body_error(exc: BodyError) -> GatewayError:
+    """The response for a client body that could not be read."""
+    if isinstance(exc, BodyStalled):
+        return RequestTimeout(str(exc))
+    return PayloadTooLarge(str(exc))
 
 
 def problem(

@@ -7,6 +7,7 @@ be tested without a server (see gateway.testing).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Protocol
@@ -18,8 +19,16 @@ from multidict import CIMultiDict, MultiDict
 CHUNK = 64 * 1024
 
 
-class BodyTooLarge(Exception):
+class BodyError(Exception):
+    """Reading the client's body failed (gateway.errors.body_error makes it a response)."""
+
+
+class BodyTooLarge(BodyError):
     """The client sent more bytes than the body limit allows."""
+
+
+class BodyStalled(BodyError):
+    """The client stopped sending its body for longer than the body idle timeout."""
 
 
 class Body:
@@ -29,7 +38,7 @@ class Body:
     ``limit``) so it can be read again, e.g. by a retry or an orchestration template.
     """
 
-    __slots__ = ("_reader", "_data", "length", "limit", "received", "exceeded", "_before_read")
+    __slots__ = ("_reader", "_data", "length", "limit", "received", "exceeded", "_before_read", "idle")
 
     def __init__(
         self,
@@ -37,6 +46,7 @@ class Body:
         length: int | None,
         limit: int,
         before_read: Callable[[], None] | None = None,
+        idle: float = 60.0,
     ) -> None:
         self._reader = reader
         self._data: bytes | None = None
@@ -45,6 +55,7 @@ class Body:
         self.received = 0
         self.exceeded = False
         self._before_read = before_read
+        self.idle = idle  # longest silence while the client sends its body
 
     @classmethod
     def of(cls, data: bytes) -> Body:
@@ -82,7 +93,14 @@ class Body:
         if reader is None:
             return
         limit = self.limit
-        async for chunk in reader.iter_any():
+        while True:
+            try:
+                chunk = await asyncio.wait_for(reader.readany(), self.idle)
+            except TimeoutError:
+                self.exceeded = True  # nothing more can be sent upstream either
+                raise BodyStalled(f"the request body stalled for more than {self.idle:g}s") from None
+            if not chunk:
+                return
             self.received += len(chunk)
             if self.received > limit:
                 self.exceeded = True

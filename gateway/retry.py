@@ -28,8 +28,8 @@ from aiohttp_retry import ExponentialRetry
 from gateway.client import UpstreamRequest
 from gateway.compose import Layer
 from gateway.config_model import RetryConfig
-from gateway.errors import GatewayError, PayloadTooLarge, UpstreamConnectError, UpstreamError, UpstreamTimeout
-from gateway.http import Body, BodyTooLarge, Response
+from gateway.errors import GatewayError, UpstreamConnectError, UpstreamError, UpstreamTimeout, body_error
+from gateway.http import Body, BodyError, Response
 
 if TYPE_CHECKING:  # prometheus_client must not be imported before multiprocess mode is set up
     from prometheus_client import Counter
@@ -132,8 +132,8 @@ class RetryBudget:
 async def _buffer(body: Body) -> None:
     try:
         await body.read()
-    except BodyTooLarge as exc:
-        raise PayloadTooLarge(str(exc)) from None
+    except BodyError as exc:
+        raise body_error(exc) from None
 
 
 def retry_layer(policy: RetryPolicy, budget: RetryBudget, available: Callable[[], bool],

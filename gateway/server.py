@@ -11,8 +11,8 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
 from gateway.compose import Handler
-from gateway.errors import GatewayError, InternalError, PayloadTooLarge, error_response
-from gateway.http import Body, BodyTooLarge, Request, Response
+from gateway.errors import GatewayError, InternalError, PayloadTooLarge, body_error, error_response
+from gateway.http import Body, BodyError, Request, Response
 from gateway.ids import new_request_id, sane_request_id
 from gateway.metrics import RequestMetrics
 from gateway.runtime import Runtime
@@ -85,7 +85,8 @@ class Edge:
         limit: int, request_id: str,
     ) -> Request:
         peer = raw.remote or ""
-        body = Body(raw.content if raw.body_exists else None, raw.content_length, limit, _continue_sender(raw))
+        body = Body(raw.content if raw.body_exists else None, raw.content_length, limit, _continue_sender(raw),
+                    runtime.settings.client_body_timeout)
         headers = CIMultiDict(raw.headers)
         _drop_consumer_headers(headers)
         return Request(
@@ -104,8 +105,8 @@ class Edge:
             return await handler(request)
         except GatewayError as exc:
             return error_response(exc, request.route, request.request_id)
-        except BodyTooLarge as exc:
-            return error_response(PayloadTooLarge(str(exc)), request.route, request.request_id)
+        except BodyError as exc:
+            return error_response(body_error(exc), request.route, request.request_id)
         except Exception:
             log.exception("route %s: unexpected error", request.route)
             return error_response(InternalError("the gateway failed to handle this request"),

@@ -9,7 +9,7 @@ from typing import Any
 from prometheus_client.metrics import MetricWrapperBase
 
 from gateway.errors import BadRequest, GatewayError, GatewayTimeout, ServiceUnavailable, UpstreamError
-from gateway.http import BodyTooLarge, Request, Response
+from gateway.http import BodyError, Request, Response
 from gateway.metrics import Metrics
 from gateway.orchestration.engine import Orchestrator, Outcome, StepCaller
 from gateway.orchestration.plan import Plan
@@ -71,7 +71,7 @@ class OrchestrationTerminal:
             return Scope().body  # "absent": {body.*} templates then answer 400
         try:
             return json.loads(await request.body.read())
-        except BodyTooLarge:
+        except BodyError:
             raise
         except ValueError:
             raise BadRequest("the request body is not valid JSON") from None

@@ -320,3 +320,25 @@ async def test_a_slow_upload_does_not_count_against_the_upstream_timeout(
     async with http.post(url(gw, "/svc/upload"), data=slowly()) as response:
         assert response.status == 200  # 600 ms of client pace, but the upstream answered at once
         assert await response.json() == {"bytes": 3000}
+
+
+async def test_a_stalled_upload_is_answered_408(
+    upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    async def count(request: web.Request) -> web.Response:
+        return web.json_response({"bytes": len(await request.read())})
+
+    up = await upstream(count, record_bodies=False)
+    gw = await gateway(proxy_config(up.url, gateway_extra='client_body_timeout = "200ms"'))
+
+    async def stalls() -> AsyncIterator[bytes]:
+        yield b"x" * 1000
+        await asyncio.sleep(0.6)
+        yield b"y" * 1000
+
+    started = time.monotonic()
+    async with http.post(url(gw, "/svc/upload"), data=stalls()) as response:
+        assert response.status == 408
+        assert response.headers["Content-Type"] == "application/problem+json"
+        assert "stalled" in (await response.json())["detail"]
+    assert time.monotonic() - started < 1.5
