@@ -31,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, help="processes sharing the port (overrides gateway.workers)")
     run.add_argument("--log-format", choices=["text", "json"], default="text")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument("--watch", action="store_true", help="reload when CONFIG changes (as SIGHUP does)")
     run.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     run.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
     run.add_argument("--ready-file", help=argparse.SUPPRESS)

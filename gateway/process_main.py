@@ -11,6 +11,7 @@ from pathlib import Path
 
 from gateway.config_load import LoadedConfig
 from gateway.serve import GatewayProcess
+from gateway.watch import watch_file
 
 log = logging.getLogger("gateway")
 
@@ -57,7 +58,12 @@ async def serve_until_signal(loaded: LoadedConfig, args: argparse.Namespace) -> 
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, on_hup)
+    watcher = None
+    if args.watch and not args.supervised:  # a supervisor watches for its workers
+        watcher = loop.create_task(watch_file(loaded.source, process.reload))
     await stop.wait()
+    if watcher is not None:
+        watcher.cancel()
     log.info("draining: no new connections, finishing requests in flight")
     await process.drain()
     log.info("stopped")

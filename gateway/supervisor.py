@@ -142,6 +142,10 @@ class Supervisor(AdminSource):
         for slot in range(self.count):
             await self.spawn(slot)
         watchers = [loop.create_task(self.watch(slot)) for slot in range(self.count)]
+        if self.args.watch:
+            from gateway.watch import watch_file
+
+            watchers.append(loop.create_task(watch_file(self.loaded.source, self.reload)))
         await stop.wait()
         self.draining = True
         log.info("draining %d workers", self.count)

@@ -197,3 +197,28 @@ async def test_readyz_reports_draining(upstream: StartUpstream, gateway: StartGa
     async with http.get(admin + "/readyz") as response:
         assert response.status == 503
     gw.draining = False
+
+
+async def test_watch_reloads_when_the_file_changes(upstream: StartUpstream, spawn_gateway: Spawn) -> None:
+    up = await upstream()
+    gw = await spawn_gateway(_config(up.url), "--watch")
+    config = Path(str(gw.proc.args[4]))  # type: ignore[index]
+    config.write_text(config.read_text().replace('path = "/{tail:.*}"', 'path = "/watched/{tail:.*}"'))
+    async with aiohttp.ClientSession() as session:
+        deadline = time.monotonic() + 5
+        while True:  # the old catch-all route is gone once the new file is in
+            async with session.get(gw.url("/a")) as response:
+                if response.status == 404:
+                    break
+            assert time.monotonic() < deadline, "the change was not picked up"
+            await asyncio.sleep(0.1)
+        async with session.get(gw.url("/watched/a")) as response:
+            assert response.status == 200
+        config.write_text("broken = = toml")  # refused: the running config stays
+        await asyncio.sleep(1.2)
+        async with session.get(gw.url("/watched/a")) as response:
+            assert response.status == 200
+        async with session.get(gw.admin("/metrics")) as response:
+            text = await response.text()
+    assert metric(text, "gateway_config_reloads_total", result="success") == 1
+    assert metric(text, "gateway_config_reloads_total", result="failure") == 1
