@@ -39,6 +39,11 @@ class AdminSource:
     async def reload(self) -> tuple[bool, str]:
         raise NotImplementedError
 
+    def upstream_status(self) -> dict[str, tuple[str, dict[str, bool]]]:
+        """Per upstream: its breaker state ("" without a breaker) and whether each target is up.
+        Empty where this process does not call upstreams itself (the supervisor's workers do)."""
+        return {}
+
 
 def admin_app(source: AdminSource) -> web.Application:
     async def metrics(_: web.Request) -> web.Response:
@@ -117,8 +122,15 @@ def status_page(source: AdminSource) -> str:
             f"<td><code>{e(route.path)}</code></td><td>{e(_terminal(route))}</td>"
             f"<td>{e(' → '.join(plugins) or '—')}</td></tr>"
         )
+    live = source.upstream_status()
+
+    def targets(name: str, listed: list[str]) -> str:
+        up = live.get(name, ("", {}))[1]
+        return ", ".join(f"{t} ({'up' if up.get(t, True) else 'DOWN'})" if name in live else t for t in listed)
+
     ups = "".join(
-        f"<tr><td>{e(name)}</td><td>{e(up.balance)}</td><td>{e(', '.join(up.targets))}</td></tr>"
+        f"<tr><td>{e(name)}</td><td>{e(up.balance)}</td><td>{e(targets(name, up.targets))}</td>"
+        f"<td>{e(live.get(name, ('', {}))[0] or ('-' if name in live else 'see workers'))}</td></tr>"
         for name, up in config.upstreams.items()
     )
     reload = "never"
@@ -131,5 +143,5 @@ def status_page(source: AdminSource) -> str:
 ready: {source.is_ready()}; last reload: {e(reload)}</p>
 <h2>Routes</h2><table><tr><th>name</th><th>methods</th><th>path</th><th>terminal</th><th>plugins</th></tr>
 {''.join(rows)}</table>
-<h2>Upstreams</h2><table><tr><th>name</th><th>balance</th><th>targets</th></tr>{ups}</table>
+<h2>Upstreams</h2><table><tr><th>name</th><th>balance</th><th>targets</th><th>breaker</th></tr>{ups}</table>
 <p><a href="/metrics">/metrics</a> · <a href="/config">/config</a></p></body></html>"""

@@ -146,6 +146,15 @@ class GatewayProcess(AdminSource):
     def current_config(self) -> LoadedConfig:
         return self.loaded
 
+    def upstream_status(self) -> dict[str, tuple[str, dict[str, bool]]]:
+        out = {}
+        for name, upstream in self.runtime.upstreams.items():
+            state = upstream.state
+            breaker = state.breakers.state() if state.breakers is not None else ""
+            health = state.health
+            out[name] = (breaker, {t: health is None or health.is_up(t) for t in state.targets})
+        return out
+
     # -- addresses (tests listen on port 0) --------------------------------------------
 
     def addresses(self) -> list[tuple[str, int]]:

@@ -250,3 +250,25 @@ async def test_healthz_and_readyz(gateway: StartGateway, http: aiohttp.ClientSes
     for path in ("/healthz", "/readyz"):
         async with http.get(f"http://127.0.0.1:{gw.admin_port}{path}") as response:
             assert response.status == 200, path
+
+
+async def test_status_page_shows_routes_targets_and_breakers(
+    upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    up = await upstream()
+    gw = await gateway(f"""
+        [upstreams.svc]
+        targets = ["{up.url}"]
+        breaker = {{ failures = 3 }}
+        [[routes]]
+        name = "svc-route"
+        path = "/svc/{{rest:.*}}"
+        upstream = "svc"
+    """)
+    async with http.get(f"http://127.0.0.1:{gw.admin_port}/status") as response:
+        assert response.status == 200
+        assert response.content_type == "text/html"
+        page = await response.text()
+    assert "svc-route" in page
+    assert f"{up.url} (up)" in page
+    assert "<td>closed</td>" in page
