@@ -79,6 +79,7 @@ class Breaker(pybreaker.CircuitBreakerListener):
         self.state = CLOSED
         self.opened_at = 0.0
         self.probes = 0
+        self.generation = 0  # bumped at every trip: calls admitted before it no longer count
         self.on_change = on_change
         self._clock = clock
         self._remote = False
@@ -113,11 +114,14 @@ class Breaker(pybreaker.CircuitBreakerListener):
         self.probes += 1
         return True
 
-    def record(self, failed: bool | None, probe: bool) -> None:
-        """Count a finished call: True a failure, False a success, None neither."""
+    def record(self, failed: bool | None, probe: bool, generation: int | None = None) -> None:
+        """Count a finished call: True a failure, False a success, None neither. A call
+        admitted before the latest trip (``generation``) never decides the half-open state."""
         if probe:
             self.probes -= 1
         if failed is None or self.state == OPEN:  # an answer to a call made before the trip
+            return
+        if generation is not None and generation != self.generation:
             return
         if not failed and self.state == CLOSED and not self._cb.fail_counter:
             return  # pybreaker would only reset a counter that is 0 already (the hot path)
@@ -141,6 +145,7 @@ class Breaker(pybreaker.CircuitBreakerListener):
         old, new = self.state, _FROM_PYBREAKER[new_state.name]
         if new == OPEN:
             self.opened_at = self._clock()
+            self.generation += 1
         if old == new:  # pybreaker repeats closed → closed; trip() may re-open
             return
         self.state = new
@@ -209,6 +214,7 @@ def breaker_layer(group: BreakerGroup, metrics: UpstreamMetrics, rejected: Calla
             rejected()
             count(0, "circuit_open")
             raise
+        generation = breaker.generation
         failed: bool | None = None
         try:
             response = await call_next(request)
@@ -218,7 +224,7 @@ def breaker_layer(group: BreakerGroup, metrics: UpstreamMetrics, rejected: Calla
             failed = True
             raise
         finally:
-            breaker.record(failed, probe)
+            breaker.record(failed, probe, generation)
 
     return guard
 

@@ -159,3 +159,19 @@ def test_group_per_upstream_has_one_breaker() -> None:
     call(group.single, True)
     assert group.state() == OPEN
     assert group.blocked() == frozenset()  # upstream scope: the layer rejects, not the balancer
+
+
+def test_a_call_admitted_before_the_trip_never_decides_half_open() -> None:
+    clock = [0.0]
+    breaker = Breaker(BreakerConfig(failures=1, reset_timeout="1s"), clock=lambda: clock[0])
+    slow = breaker.admit()  # a long call starts while closed
+    before = breaker.generation
+    breaker.record(True, breaker.admit(), breaker.generation)  # another call fails: open
+    assert breaker.state == "open"
+    clock[0] = 2.0
+    probe = breaker.admit()  # half-open: the one probe is in flight
+    assert breaker.state == "half_open"
+    breaker.record(False, slow, before)  # the old call answers 200 late: ignored
+    assert breaker.state == "half_open"
+    breaker.record(False, probe, breaker.generation)  # the probe decides
+    assert breaker.state == "closed"
