@@ -163,7 +163,7 @@ def test_group_per_upstream_has_one_breaker() -> None:
 
 def test_a_call_admitted_before_the_trip_never_decides_half_open() -> None:
     clock = [0.0]
-    breaker = Breaker(BreakerConfig(failures=1, reset_timeout="1s"), clock=lambda: clock[0])
+    breaker = Breaker(breaker_config(failures=1, reset_timeout="1s"), clock=lambda: clock[0])
     slow = breaker.admit()  # a long call starts while closed
     before = breaker.generation
     breaker.record(True, breaker.admit(), breaker.generation)  # another call fails: open
