@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
 import signal
 from pathlib import Path
 
@@ -23,6 +24,16 @@ def event_loop_runner() -> asyncio.Runner:
     except ImportError:  # pragma: no cover - uvloop is a dependency, but keep running without it
         return asyncio.Runner()
     return asyncio.Runner(loop_factory=uvloop.new_event_loop)
+
+
+async def _stop_when_orphaned(stop: asyncio.Event, every: float = 1.0) -> None:
+    parent = os.getppid()  # polled: no portable "parent died" notification without prctl
+    while True:
+        await asyncio.sleep(every)
+        if os.getppid() != parent:
+            break
+    log.warning("the supervisor is gone: draining")
+    stop.set()
 
 
 def run_single(loaded: LoadedConfig, args: argparse.Namespace) -> int:
@@ -58,12 +69,14 @@ async def serve_until_signal(loaded: LoadedConfig, args: argparse.Namespace) -> 
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, on_hup)
-    watcher = None
+    background = []
     if args.watch and not args.supervised:  # a supervisor watches for its workers
-        watcher = loop.create_task(watch_file(loaded.source, process.reload))
+        background.append(loop.create_task(watch_file(loaded.source, process.reload)))
+    if args.supervised:  # a worker whose supervisor died (even by SIGKILL) drains and exits
+        background.append(loop.create_task(_stop_when_orphaned(stop)))
     await stop.wait()
-    if watcher is not None:
-        watcher.cancel()
+    for task in background:
+        task.cancel()
     log.info("draining: no new connections, finishing requests in flight")
     await process.drain()
     log.info("stopped")

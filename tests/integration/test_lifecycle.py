@@ -222,3 +222,19 @@ async def test_watch_reloads_when_the_file_changes(upstream: StartUpstream, spaw
             text = await response.text()
     assert metric(text, "gateway_config_reloads_total", result="success") == 1
     assert metric(text, "gateway_config_reloads_total", result="failure") == 1
+
+
+async def test_workers_exit_when_the_supervisor_is_killed(
+    upstream: StartUpstream, spawn_gateway: Spawn, tmp_path: Path
+) -> None:
+    up = await upstream()
+    gw = await spawn_gateway(_config(up.url), "--workers", "2", env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "m")})
+    children = [int(pid) for pid in Path(f"/proc/{gw.proc.pid}/task/{gw.proc.pid}/children").read_text().split()]
+    assert len(children) == 2
+    gw.signal(signal.SIGKILL)
+    gw.proc.wait(5)
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
+              for pid in children):
+        assert time.monotonic() < deadline, "orphaned workers kept running"
+        await asyncio.sleep(0.1)
