@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 
+from gateway.config_model import UpstreamTimeouts
 from gateway.errors import (
     GatewayError,
     PayloadTooLarge,
@@ -78,13 +79,11 @@ class UpstreamRequest:
 class Sender:
     """The innermost hop of every upstream stack: one HTTP exchange with one target."""
 
-    def __init__(
-        self, session_source: Any, timeouts: aiohttp.ClientTimeout, response_timeout: float, max_msg_size: int
-    ) -> None:
+    def __init__(self, session_source: Any, timeouts: UpstreamTimeouts, max_msg_size: int) -> None:
         self._sessions = session_source  # gateway.plugin.ClientHolder
-        self._connect_timeout = timeouts.sock_connect or 1.0
-        self._idle_timeout = timeouts.sock_read or 60.0
-        self._response_timeout = response_timeout
+        self._connect_timeout = timeouts.connect
+        self._idle_timeout = timeouts.idle
+        self._response_timeout = timeouts.response
         self._max_msg_size = max_msg_size
         self._loop: asyncio.AbstractEventLoop | None = None
 

@@ -3,9 +3,7 @@ once with its location (``routes[2].plugins[1] (rate_limit).limit: ...``)."""
 
 from __future__ import annotations
 
-import difflib
 import os
-import re
 import tomllib
 import types
 import typing
@@ -17,14 +15,14 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from gateway.config_model import Config, PluginSpec, RouteConfig
+from gateway.config_model import PATH_PARAM, Config, PluginSpec, RouteConfig
 from gateway.envsubst import expand
+from gateway.hints import closest, unknown
 from gateway.orchestration.plan import Plan, PlanError, build_plan
 from gateway.plugin import PluginConfig
 from gateway.registry import PluginClass, Registry
 
 Problem = tuple[str, str]  # (location, message)
-_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::[^}]*)?\}")
 
 
 class ConfigError(Exception):
@@ -220,7 +218,7 @@ def _terminal_problems(route: RouteConfig, where: str, config: Config) -> list[P
         problems = [(f"{where}.{key}", "only applies to a route with `[[routes.steps]]`")
                     for key in _STEPS_ONLY if key in given]
         if route.upstream not in config.upstreams:
-            problems.append((f"{where}.upstream", _unknown("upstream", route.upstream, config.upstreams)))
+            problems.append((f"{where}.upstream", unknown("upstream", route.upstream, config.upstreams)))
         return problems
     return [(f"{where}.{key}", "only applies to a proxy route (`upstream = ...`)")
             for key in _PROXY_ONLY if key in given]
@@ -232,7 +230,7 @@ def _plan(route: RouteConfig, index: int, config: Config, problems: list[Problem
     try:
         return build_plan(
             route.steps, merge=route.merge, arrays=route.arrays, errors_key=route.errors_key, status=route.status,
-            path_params=_PARAM.findall(route.path), upstreams=config.upstreams, where=f"routes[{index}].steps",
+            path_params=PATH_PARAM.findall(route.path), upstreams=config.upstreams, where=f"routes[{index}].steps",
         )
     except PlanError as exc:
         problems.extend(exc.problems)
@@ -259,19 +257,13 @@ def _path_problems(router: web.UrlDispatcher, route: RouteConfig, where: str) ->
     except (ValueError, RuntimeError) as exc:
         problems.append((f"{where}.path", str(exc)))
     if route.rewrite is not None:
-        params = set(_PARAM.findall(route.path))
+        params = set(PATH_PARAM.findall(route.path))
         if not route.rewrite.startswith("/"):
             problems.append((f"{where}.rewrite", f"must start with '/', got {route.rewrite!r}"))
-        for name in _PARAM.findall(route.rewrite):
+        for name in PATH_PARAM.findall(route.rewrite):
             if name not in params:
                 problems.append((f"{where}.rewrite", f"{{{name}}} is not a parameter of path {route.path!r}"))
     return problems
-
-
-def _unknown(kind: str, name: str, known: Mapping[str, object]) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"unknown {kind} {name!r}{hint}"
 
 
 # --- turning pydantic's errors into located, readable messages -------------------------
@@ -308,8 +300,8 @@ def _message(error: Any, model: type[BaseModel], loc: tuple[int | str, ...]) -> 
         return "is required"
     if kind == "extra_forbidden":
         known = _fields_at(model, loc[:-1])
-        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        close = closest(str(loc[-1]), known)
+        hint = f" (did you mean {close!r}?)" if close else ""
         allowed = f"; allowed: {', '.join(known)}" if known and not close else ""
         return f"unknown key{hint}{allowed}"
     if kind == "greater_than" and ctx.get("gt") == 0 and isinstance(value, int):

@@ -4,6 +4,7 @@ at a time (references between sections, plugin options) lives in gateway.config_
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -17,6 +18,9 @@ from pydantic import (
 )
 
 from gateway.units import parse_duration, parse_size
+
+# A parameter of an aiohttp path template: {name} or {name:regex}.
+PATH_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::[^}]*)?\}")
 
 DURATION_SCHEMA = {"type": "string", "pattern": r"^\s*[0-9]+(\.[0-9]+)?\s*(ms|s|m|h)\s*$",
                    "description": 'A duration such as "250ms", "5s", "1m".'}

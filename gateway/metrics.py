@@ -44,11 +44,6 @@ def mark_process_dead(pid: int) -> None:
     multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
-def method_label(method: str) -> str:
-    """A bounded method label: the standard methods as they are, anything else ``other``."""
-    return method if method in METHODS else "other"
-
-
 class Metrics:
     """Every metric of SPEC §9, registered in this gateway's own registry."""
 

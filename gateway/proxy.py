@@ -4,18 +4,17 @@ hand back the upstream's answer as a stream."""
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Callable, Mapping
 from urllib.parse import quote
 
 from gateway.client import UpstreamRequest
+from gateway.config_model import PATH_PARAM
 from gateway.errors import BadRequest
 from gateway.forwarding import TrustedProxies, strip_hop_by_hop
 from gateway.http import Request, Response
 from gateway.upstream import UpstreamHandler
 from gateway.websocket import wants_websocket
 
-_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::[^}]*)?\}")
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
 
 
@@ -23,7 +22,7 @@ def compile_rewrite(template: str) -> Callable[[Mapping[str, str]], str]:
     """Compile ``/users/{rest}`` once into a function of the route's path parameters."""
     parts: list[tuple[bool, str]] = []
     position = 0
-    for match in _PARAM.finditer(template):
+    for match in PATH_PARAM.finditer(template):
         parts.append((False, template[position:match.start()]))
         parts.append((True, match.group(1)))
         position = match.end()

@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import logging
 from collections.abc import Mapping
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
+from gateway.hints import closest
 from gateway.plugin import Plugin
 
 ENTRY_POINT_GROUP = "gateway.plugins"
@@ -60,8 +60,8 @@ class Registry:
             return self._plugins[use]
         entry = self._entries.get(use)
         if entry is None:
-            close = difflib.get_close_matches(use, self.names(), n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
+            close = closest(use, self.names())
+            hint = f"did you mean {close!r}? " if close else ""
             known = ", ".join(self.names()) or "none installed"
             raise LookupError(f"unknown plugin {use!r} ({hint}known: {known})")
         try:

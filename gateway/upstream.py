@@ -22,8 +22,6 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
-import aiohttp
-
 from gateway.balancer import Balancer
 from gateway.breaker import OPEN, STATES, Breaker, BreakerGroup, BreakerSync, breaker_layer
 from gateway.client import Sender, UpstreamRequest, outcome_of
@@ -227,10 +225,7 @@ class Upstream:
         self.config = config
         self.state = shared_state(name, config, client)
         self.balancer = self.state.balancer
-        timeouts = aiohttp.ClientTimeout(
-            total=None, sock_connect=config.timeout.connect, sock_read=config.timeout.idle
-        )
-        self.sender: UpstreamHandler = Sender(client, timeouts, config.timeout.response, max_msg_size)
+        self.sender: UpstreamHandler = Sender(client, config.timeout, max_msg_size)
         self._started = False
 
     async def start(self, redis_url: str = "") -> None:

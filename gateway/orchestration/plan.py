@@ -4,12 +4,12 @@ references and cycles with located errors."""
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.config_model import StepConfig
+from gateway.hints import unknown
 from gateway.orchestration.merge import ArrayMode, MergeMode
 from gateway.orchestration.shaping import Shape
 from gateway.orchestration.templates import (
@@ -99,7 +99,7 @@ def build_plan(
         if step.name in RESERVED:
             problems.append((f"{at}.name", f"{step.name!r} is reserved for templates; choose another name"))
         if upstreams is not None and step.upstream not in upstreams:
-            problems.append((f"{at}.upstream", _unknown("upstream", step.upstream, upstreams)))
+            problems.append((f"{at}.upstream", unknown("upstream", step.upstream, upstreams)))
         if step.select is not None and step.drop is not None:
             problems.append((at, "use either `select` or `drop`, not both"))
         plan = _compile_step(step, at, problems)
@@ -179,7 +179,7 @@ def _check_refs(plan: StepPlan, step: StepConfig, at: str, names: set[str],
                 path_params: Collection[str] | None, problems: list[Problem]) -> None:
     for ref in _all_refs(plan):
         if ref.source == "step" and ref.step not in names:
-            problems.append((at, f"{ref} refers to {_unknown('step', ref.step or '', names)}"))
+            problems.append((at, f"{ref} refers to {unknown('step', ref.step or '', names)}"))
         elif ref.source == "item" and plan.for_each is None:
             problems.append((at, f"{ref} is only available in a step with `for_each`"))
         elif ref.source == "path" and path_params is not None and ref.path[0] not in path_params:
@@ -188,7 +188,7 @@ def _check_refs(plan: StepPlan, step: StepConfig, at: str, names: set[str],
             problems.append((at, f"{ref}: a step cannot read its own answer"))
     for index, name in enumerate(step.after):
         if name not in names:
-            problems.append((f"{at}.after[{index}]", _unknown("step", name, names)))
+            problems.append((f"{at}.after[{index}]", unknown("step", name, names)))
 
 
 def _cycles(steps: Sequence[StepPlan], where: str) -> list[Problem]:
@@ -212,8 +212,3 @@ def _cycles(steps: Sequence[StepPlan], where: str) -> list[Problem]:
         if name not in state and (cycle := visit(name)) is not None:
             return [(where, "steps depend on each other in a cycle: " + " → ".join(cycle))]
     return []
-
-
-def _unknown(kind: str, name: str, known: Collection[str]) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1)
-    return f"unknown {kind} {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
