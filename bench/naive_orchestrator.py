@@ -12,13 +12,18 @@ the orchestration code.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import sys
+from pathlib import Path
 from typing import Any
 
 import aiohttp
-import uvloop
 from aiohttp import web
+
+if str(Path(__file__).resolve().parent.parent) not in sys.path:  # `python bench/naive_orchestrator.py` too
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import naive_proxy
 
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 
@@ -52,25 +57,5 @@ def make_app(upstream: str) -> web.Application:
     return app
 
 
-async def serve(host: str, port: int, upstream: str) -> None:
-    runner = web.AppRunner(make_app(upstream), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port, backlog=1024).start()
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await runner.cleanup()
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--listen", required=True, help="HOST:PORT")
-    parser.add_argument("--upstream", required=True, help="http://HOST:PORT (serves /users/ID and /orders)")
-    args = parser.parse_args()
-    host, _, port = args.listen.rpartition(":")
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve(host, int(port), args.upstream.rstrip("/")))
-
-
 if __name__ == "__main__":
-    main()
+    naive_proxy.main(make_app, __doc__, "http://HOST:PORT (serves /users/ID and /orders)")

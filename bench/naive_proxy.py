@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import Callable
 
 import aiohttp
 import uvloop
@@ -48,8 +49,8 @@ def make_app(upstream: str) -> web.Application:
     return app
 
 
-async def serve(host: str, port: int, upstream: str) -> None:
-    runner = web.AppRunner(make_app(upstream), access_log=None)
+async def serve(app: web.Application, host: str, port: int) -> None:
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port, backlog=1024).start()
     try:
@@ -58,14 +59,16 @@ async def serve(host: str, port: int, upstream: str) -> None:
         await runner.cleanup()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(app_for: Callable[[str], web.Application] = make_app, description: str | None = __doc__,
+         upstream_help: str = "http://HOST:PORT") -> None:
+    """``--listen HOST:PORT --upstream URL``: serve ``app_for(upstream)`` on uvloop until killed."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--listen", required=True, help="HOST:PORT")
-    parser.add_argument("--upstream", required=True, help="http://HOST:PORT")
+    parser.add_argument("--upstream", required=True, help=upstream_help)
     args = parser.parse_args()
     host, _, port = args.listen.rpartition(":")
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve(host, int(port), args.upstream.rstrip("/")))
+        runner.run(serve(app_for(args.upstream.rstrip("/")), host, int(port)))
 
 
 if __name__ == "__main__":

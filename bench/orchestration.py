@@ -47,17 +47,17 @@ from bench.run import (
     Sample,
     Service,
     Services,
-    check_errors,
     contention_warning,
     ensure_tools,
     fetch,
     free_port,
-    group_cpu_seconds,
     machine,
     median_sample,
     terminate_on_signals,
     wrk,
 )
+from bench.run import measure as run_measure
+from bench.run import nginx_config as run_nginx_config
 
 USER = {"id": 1, "name": "Ada", "city": "London"}
 ORDERS = [{"id": 101, "total": 12.5}]
@@ -104,34 +104,10 @@ def nginx_config(workdir: Path, port: int) -> Path:
     def literal(value: object) -> str:
         return json.dumps(value, separators=(",", ":")).replace("'", "\\'")
 
-    text = f"""
-daemon off;
-master_process on;
-worker_processes 1;
-pid {workdir}/nginx.pid;
-error_log {workdir}/nginx-error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    keepalive_timeout 75s;
-    keepalive_requests 10000000;
-    client_body_temp_path {workdir}/nginx-body;
-    proxy_temp_path {workdir}/nginx-proxy;
-    fastcgi_temp_path {workdir}/nginx-fastcgi;
-    uwsgi_temp_path {workdir}/nginx-uwsgi;
-    scgi_temp_path {workdir}/nginx-scgi;
-    server {{
-        listen 127.0.0.1:{port} backlog=4096;
-        default_type application/json;
+    return run_nginx_config(workdir, port, f"""default_type application/json;
         location = /users/1 {{ return 200 '{literal(USER)}'; }}
         location = /orders {{ return 200 '{literal(ORDERS)}'; }}
-        location / {{ return 404 '{{"error":"not found"}}'; }}
-    }}
-}}
-"""
-    path = workdir / "nginx.conf"
-    path.write_text(text)
-    return path
+        location / {{ return 404 '{{"error":"not found"}}'; }}""")
 
 
 def gateway_config(workdir: Path, upstream_port: int) -> Path:
@@ -220,21 +196,13 @@ def verify_same(targets: dict[str, Service]) -> None:
 # -- measuring (bench/run.py's measure, with this benchmark's answer check) ------------------
 
 
-def measure(service: Service, options: Options, script: Path) -> Sample:
+def check_answer(service: Service) -> None:
     if (body := answer(service)) != EXPECTED:
         raise BenchError(f"{service.name}: the answer changed: {json.dumps(body)}")
-    check_errors(f"{service.name} warm-up", wrk(service.url, options.warmup, options, script))
-    cpu_before = group_cpu_seconds(service.process.pid)
-    result = wrk(service.url, options.duration, options, script)
-    cpu = group_cpu_seconds(service.process.pid) - cpu_before
-    check_errors(service.name, result)
-    seconds = result["duration_us"] / 1e6
-    requests = int(result["requests"])
-    return Sample(
-        service.name, requests, seconds, requests / seconds,
-        result["p50_us"] / 1000, result["p90_us"] / 1000, result["p99_us"] / 1000, result["max_us"] / 1000,
-        cpu / seconds, cpu / requests * 1e6,
-    )
+
+
+def measure(service: Service, options: Options, script: Path) -> Sample:
+    return run_measure(service, options, script, check_answer)
 
 
 Round = dict[str, Sample]

@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -231,8 +231,15 @@ def terminate_on_signals() -> Iterator[None]:
 # -- configs -------------------------------------------------------------------------------
 
 
-def nginx_config(workdir: Path, port: int) -> Path:
-    body = BODY.replace("'", "\\'")
+def nginx_config(workdir: Path, port: int, locations: str | None = None) -> Path:
+    """nginx serving static answers: ``locations`` (nginx ``location`` blocks), by default
+    the proxy benchmark's one JSON body on every path."""
+    if locations is None:
+        body = BODY.replace("'", "\\'")
+        locations = f"""location / {{
+            default_type application/json;
+            return 200 '{body}';
+        }}"""
     text = f"""
 daemon off;
 master_process on;
@@ -251,10 +258,7 @@ http {{
     scgi_temp_path {workdir}/nginx-scgi;
     server {{
         listen 127.0.0.1:{port} backlog=4096;
-        location / {{
-            default_type application/json;
-            return 200 '{body}';
-        }}
+        {locations}
     }}
 }}
 """
@@ -365,8 +369,10 @@ def group_cpu_seconds(pgid: int) -> float:
     return total / tick
 
 
-def measure(service: Service, options: Options, script: Path) -> Sample:
-    verify(service)
+def measure(service: Service, options: Options, script: Path,
+            check: Callable[[Service], None] = verify) -> Sample:
+    """Check the answer, warm up, then one timed wrk pass with the server's CPU time."""
+    check(service)
     check_errors(f"{service.name} warm-up", wrk(service.url, options.warmup, options, script))
     cpu_before = group_cpu_seconds(service.process.pid)
     result = wrk(service.url, options.duration, options, script)
