@@ -13,8 +13,6 @@ import aiohttp
 from gateway.config_model import UpstreamTimeouts
 from gateway.errors import (
     GatewayError,
-    PayloadTooLarge,
-    RequestTimeout,
     UpstreamConnectError,
     UpstreamError,
     UpstreamReset,
@@ -123,10 +121,8 @@ def map_client_error(exc: BaseException, body: Body | bytes | None) -> BaseExcep
     """Turn what a client raised into the gateway's own error (or re-raise it)."""
     if isinstance(exc, BodyError):
         return body_error(exc)
-    if isinstance(body, Body) and body.exceeded:
-        if body.received > body.limit:
-            return PayloadTooLarge(f"request body exceeds {body.limit} bytes")
-        return RequestTimeout(f"the request body stalled for more than {body.idle:g}s")
+    if isinstance(body, Body) and body.failure is not None:  # the upload broke off the exchange
+        return body_error(body.failure)
     if isinstance(exc, GatewayError):
         return exc
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):

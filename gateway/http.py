@@ -38,7 +38,7 @@ class Body:
     ``limit``) so it can be read again, e.g. by a retry or an orchestration template.
     """
 
-    __slots__ = ("_reader", "_data", "length", "limit", "received", "exceeded", "_before_read", "idle")
+    __slots__ = ("_reader", "_data", "length", "limit", "received", "failure", "_before_read", "idle")
 
     def __init__(
         self,
@@ -53,7 +53,7 @@ class Body:
         self.length = length
         self.limit = limit
         self.received = 0
-        self.exceeded = False
+        self.failure: BodyError | None = None  # why reading stopped early, kept for whoever sent it on
         self._before_read = before_read
         self.idle = idle  # longest silence while the client sends its body
 
@@ -97,14 +97,14 @@ class Body:
             try:
                 chunk = await asyncio.wait_for(reader.readany(), self.idle)
             except TimeoutError:
-                self.exceeded = True  # nothing more can be sent upstream either
-                raise BodyStalled(f"the request body stalled for more than {self.idle:g}s") from None
+                self.failure = BodyStalled(f"the request body stalled for more than {self.idle:g}s")
+                raise self.failure from None
             if not chunk:
                 return
             self.received += len(chunk)
             if self.received > limit:
-                self.exceeded = True
-                raise BodyTooLarge(f"request body exceeds {limit} bytes")
+                self.failure = BodyTooLarge(f"request body exceeds {limit} bytes")
+                raise self.failure
             yield chunk
 
     async def read(self) -> bytes:
