@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv run demo test test-only lint fmt bench promtool redis-server clean
+.PHONY: venv run demo test test-only fuzz lint fmt bench promtool redis-server clean
 
 $(STAMP): pyproject.toml examples/gateway-plugin-greeting/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ test: venv promtool redis-server lint test-only
 
 test-only: venv
 	$(PY) -m pytest -q
+
+## fuzz: the property-based tests with many more examples (HYPOTHESIS_PROFILE=fuzz: 20000 each)
+fuzz: venv
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q -p no:cacheprovider --hypothesis-show-statistics \
+	  tests/unit/test_normalize.py tests/unit/test_hygiene.py tests/unit/test_orch_engine.py
 
 ## promtool checks /metrics in the tests; it comes from Debian's prometheus package
 promtool:

@@ -90,6 +90,13 @@ class GatewaySettings(Strict):
     client_body_timeout: Duration = 60.0  # longest silence while a client sends its body: 408
     trusted_proxies: list[Cidr] = Field(default_factory=list)
     redis_url: str = ""
+    # Request hygiene (docs/security.md): what the router sees is what the upstream gets.
+    merge_slashes: bool = True  # "//a///b" is "/a/b"
+    encoded_slashes: Literal["reject", "keep"] = "reject"  # %2F / %5C in a path: 400, or kept encoded
+    underscores_in_headers: Literal["drop", "reject", "allow"] = "drop"  # "X_Consumer" never passes as "X-Consumer"
+    # Admin listener hardening (docs/operations.md#admin-listener)
+    admin_hosts: list[str] = Field(default_factory=list)  # Host names accepted besides IP literals and localhost
+    admin_token: str = ""  # when set, admin endpoints but /healthz /readyz /metrics need "Bearer <token>"
 
 
 class UpstreamTimeouts(Strict):

@@ -139,6 +139,7 @@ class Request:
         "version",
         "route",
         "consumer",
+        "subject",
         "request_id",
         "request_id_header",
         "state",
@@ -174,7 +175,10 @@ class Request:
         self.host = host
         self.version = version
         self.route = route
-        self.consumer: str | None = None
+        self.consumer: str | None = None  # a configured consumer's name, set by an auth plugin
+        # An authenticated identity that names no configured consumer (e.g. an unmapped JWT
+        # ``sub``): sent upstream as X-Consumer-Subject, never as X-Consumer.
+        self.subject: str | None = None
         self.request_id = request_id
         self.request_id_header = "X-Request-ID"
         self.state: dict[str, Any] = {}

@@ -4,22 +4,30 @@ hand back the upstream's answer as a stream."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable, Mapping
 from urllib.parse import quote
+
+from aiohttp import web
 
 from gateway.client import UpstreamRequest
 from gateway.config_model import PATH_PARAM
 from gateway.errors import BadRequest
 from gateway.forwarding import TrustedProxies, strip_hop_by_hop
 from gateway.http import Request, Response
+from gateway.normalize import has_dot_segment, routing_form
 from gateway.upstream import UpstreamHandler
 from gateway.websocket import wants_websocket
 
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
 
 
-def compile_rewrite(template: str) -> Callable[[Mapping[str, str]], str]:
-    """Compile ``/users/{rest}`` once into a function of the route's path parameters."""
+def compile_rewrite(template: str) -> Callable[[Mapping[str, str], bool], str]:
+    """Compile ``/users/{rest}`` once into a function of the route's path parameters.
+
+    Parameters are decoded, or — ``encoded=True``, for ``encoded_slashes = "keep"`` — in
+    routing form, where ``%2F`` and ``%25`` are still encoded and stay so upstream.
+    """
     parts: list[tuple[bool, str]] = []
     position = 0
     for match in PATH_PARAM.finditer(template):
@@ -28,21 +36,29 @@ def compile_rewrite(template: str) -> Callable[[Mapping[str, str]], str]:
         position = match.end()
     parts.append((False, template[position:]))
 
-    def render(params: Mapping[str, str]) -> str:
+    def render(params: Mapping[str, str], encoded: bool = False) -> str:
         out = []
         for is_param, value in parts:
             if not is_param:
                 out.append(value)
                 continue
-            decoded = params[value]
-            # aiohttp decodes parameters: "..%2F" arrives as "../". Re-encoding keeps "/", so a
-            # "." or ".." segment would climb out of the rewritten prefix upstream.
-            if any(segment in (".", "..") for segment in decoded.split("/")):
+            param = params[value]
+            # A "." or ".." segment, however spelled, would climb out of the rewritten prefix
+            # upstream (the same guard as orchestration templates).
+            if has_dot_segment(param):
                 raise BadRequest(f"path parameter {value!r} may not contain '.' or '..' segments")
-            out.append(quote(decoded, safe=_PATH_SAFE))
+            out.append(quote(param, safe=_PATH_SAFE + "%" if encoded else _PATH_SAFE))
         return "".join(out)
 
     return render
+
+
+def _params_pattern(route_path: str) -> re.Pattern[str] | None:
+    """The route table's own pattern for a templated path (to read parameters undecoded)."""
+    if PATH_PARAM.search(route_path) is None:
+        return None
+    pattern: re.Pattern[str] = web.DynamicResource(route_path).get_info()["pattern"]
+    return pattern
 
 
 class ProxyTerminal:
@@ -59,6 +75,8 @@ class ProxyTerminal:
         rewrite: str | None,
         preserve_host: bool,
         websocket: bool = False,
+        route_path: str = "/",
+        keep_encoded_slashes: bool = False,
     ) -> None:
         self.route = route
         self.upstream = upstream
@@ -66,6 +84,8 @@ class ProxyTerminal:
         self.trusted = trusted
         self.timeout = timeout
         self.rewrite = compile_rewrite(rewrite) if rewrite is not None else None
+        # With encoded slashes kept, a parameter's "%2F" must stay encoded through the rewrite.
+        self._encoded_params = _params_pattern(route_path) if rewrite is not None and keep_encoded_slashes else None
         self.preserve_host = preserve_host
         self.websocket = websocket
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -87,7 +107,9 @@ class ProxyTerminal:
         headers[request.request_id_header] = request.request_id
         if request.consumer is not None:
             headers["X-Consumer"] = request.consumer
-        path = self.rewrite(request.params) if self.rewrite is not None else request.path
+        if request.subject is not None:
+            headers["X-Consumer-Subject"] = request.subject
+        path = self._rewritten(request) if self.rewrite is not None else request.path
         if request.query_string:
             path = f"{path}?{request.query_string}"
         body = None if request.body.empty else request.body
@@ -103,3 +125,14 @@ class ProxyTerminal:
         if response.upgrade is None:
             response.headers = strip_hop_by_hop(response.headers, request=False)
         return response
+
+    def _rewritten(self, request: Request) -> str:
+        rewrite = self.rewrite
+        if rewrite is None:
+            return request.path
+        pattern = self._encoded_params
+        if pattern is not None and "%2F" in request.path:
+            match = pattern.fullmatch(routing_form(request.path))
+            if match is not None:
+                return rewrite(match.groupdict(), True)
+        return rewrite(request.params, False)

@@ -20,6 +20,7 @@ from gateway.config_load import ConfigError, LoadedConfig, PluginUse, Problem
 from gateway.config_model import RouteConfig
 from gateway.errors import MethodNotAllowed, NotFound
 from gateway.forwarding import TrustedProxies
+from gateway.hygiene import EXPLICIT_ONLY
 from gateway.metrics import UNMATCHED, Metrics, RequestMetrics
 from gateway.orchestration.callers import UpstreamCaller
 from gateway.orchestration.plan import Plan
@@ -44,6 +45,22 @@ class CompiledRoute:
 async def _route_marker(request: web.Request) -> web.StreamResponse:  # pragma: no cover
     """aiohttp's router needs a handler per route; the Runtime maps routes to chains instead."""
     raise RuntimeError("routes are dispatched by gateway.server, not by aiohttp")
+
+
+# What a route without `methods` answers (TRACE and CONNECT only when a route names them).
+WILDCARD_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+class _Lookup:
+    """What aiohttp's route table reads of a request: its method and its path (the
+    normalized one, in routing form), never the raw request-target."""
+
+    __slots__ = ("method", "path_safe", "rel_url")
+
+    def __init__(self, method: str, path: str) -> None:
+        self.method = method
+        self.path_safe = path
+        self.rel_url = self
 
 
 class Runtime:
@@ -90,6 +107,10 @@ class Runtime:
         if problems:
             raise ConfigError(loaded.source, problems)
         self.router.freeze()
+        # TRACE / CONNECT named by some route's `methods`: the others are refused before routing.
+        self.explicit_methods = frozenset(
+            m for route in config.routes for m in (route.methods or ()) if m in EXPLICIT_ONLY
+        )
         self.unmatched = RequestMetrics(metrics, UNMATCHED)
         self.active = 0  # requests in flight on this version (a retired version waits for 0)
         self._idle: asyncio.Event | None = None
@@ -111,16 +132,27 @@ class Runtime:
             rewrite=route.rewrite,
             preserve_host=route.preserve_host,
             websocket=route.websocket,
+            route_path=route.path,
+            keep_encoded_slashes=self.settings.encoded_slashes == "keep",
         )
 
-    async def match(self, request: web.BaseRequest) -> tuple[CompiledRoute, dict[str, str]]:
-        """The route for a request and its path parameters; NotFound/MethodNotAllowed otherwise."""
-        info = await self.router.resolve(request)  # type: ignore[arg-type]
+    def check_method(self, method: str) -> None:
+        """TRACE and CONNECT are answered 405 unless a route names them."""
+        if method in EXPLICIT_ONLY and method not in self.explicit_methods:
+            raise MethodNotAllowed(method, WILDCARD_METHODS)
+
+    async def match(self, method: str, path: str) -> tuple[CompiledRoute, dict[str, str]]:
+        """The route for a normalized path (routing form, gateway.normalize.routing_form)
+        and its path parameters; NotFound/MethodNotAllowed otherwise."""
+        info = await self.router.resolve(_Lookup(method, path))  # type: ignore[arg-type]
         if info.http_exception is None:
-            return self._by_route[info.route], dict(info)
+            compiled = self._by_route[info.route]
+            if method in EXPLICIT_ONLY and compiled.config.methods is None:
+                raise MethodNotAllowed(method, WILDCARD_METHODS)
+            return compiled, dict(info)
         if isinstance(info.http_exception, web.HTTPMethodNotAllowed):
-            raise MethodNotAllowed(request.method, info.http_exception.allowed_methods)
-        raise NotFound(f"no route matches {request.method} {request.path}")
+            raise MethodNotAllowed(method, info.http_exception.allowed_methods)
+        raise NotFound(f"no route matches {method} {path}")
 
     def enter(self) -> None:
         self.active += 1

@@ -8,14 +8,15 @@ import time
 from collections.abc import Callable
 
 from aiohttp import hdrs, web
-from multidict import CIMultiDict
 
 from gateway.compose import Handler
-from gateway.errors import GatewayError, InternalError, PayloadTooLarge, body_error, error_response
+from gateway.errors import BadRequest, GatewayError, InternalError, PayloadTooLarge, body_error, error_response
 from gateway.http import Body, BodyError, Request, Response
+from gateway.hygiene import check_host, clean_headers
 from gateway.ids import new_request_id, sane_request_id
 from gateway.metrics import RequestMetrics
-from gateway.runtime import Runtime
+from gateway.normalize import PathRefused, normalize_path, routing_form, split_target
+from gateway.runtime import CompiledRoute, Runtime
 
 log = logging.getLogger("gateway.server")
 
@@ -60,14 +61,13 @@ class Edge:
         runtime.enter()
         try:
             try:
-                route, params = await runtime.match(raw)
+                request, route = await self._admit(raw, runtime, request_id)
             except GatewayError as exc:
                 response = error_response(exc, None, request_id)
             else:
                 metrics = route.metrics
                 route_name = route.name
                 metrics.inflight.inc()
-                request = self._request(raw, runtime, route.name, params, route.max_body_bytes, request_id)
                 response = await self._call(route.handler, request, route.max_body_bytes)
             if request is not None:
                 request_id = request.request_id
@@ -80,22 +80,35 @@ class Edge:
                 metrics.inflight.dec()
             metrics.observe(raw.method, status, source, time.perf_counter() - start)
 
-    def _request(
-        self, raw: web.BaseRequest, runtime: Runtime, route: str, params: dict[str, str],
-        limit: int, request_id: str,
-    ) -> Request:
+    async def _admit(self, raw: web.BaseRequest, runtime: Runtime, request_id: str) -> tuple[Request, CompiledRoute]:
+        """Everything before the chain (docs/security.md): the method, the request-target
+        normalized, the Host checked, the headers cleaned, then the route looked up by the
+        normalized path. Raises GatewayError (400/404/405) for what cannot go on."""
+        settings = runtime.settings
+        method = raw.method
+        runtime.check_method(method)
+        try:
+            target, query, authority = split_target(raw.raw_path)
+            path = normalize_path(target, merge_slashes=settings.merge_slashes,
+                                  keep_encoded_slashes=settings.encoded_slashes == "keep")
+        except PathRefused as exc:
+            raise BadRequest(str(exc)) from None
+        host = authority if authority is not None else raw.headers.get(hdrs.HOST)
+        check_host(host)
         peer = raw.remote or ""
-        body = Body(raw.content if raw.body_exists else None, raw.content_length, limit, _continue_sender(raw),
-                    runtime.settings.client_body_timeout)
-        headers = CIMultiDict(raw.headers)
-        _drop_consumer_headers(headers)
-        return Request(
-            raw.method, *_split_target(raw.raw_path), headers, body,
+        headers = clean_headers(raw.headers, underscores=settings.underscores_in_headers,
+                                peer_trusted=runtime.trusted.trusts(peer))
+        route, params = await runtime.match(method, routing_form(path))
+        body = Body(raw.content if raw.body_exists else None, raw.content_length, route.max_body_bytes,
+                    _continue_sender(raw), settings.client_body_timeout)
+        request = Request(
+            method, path, query, headers, body,
             params=params,
-            client_ip=runtime.trusted.client_ip(peer, ", ".join(headers.getall("X-Forwarded-For", ()))),
-            peer=peer, scheme=raw.scheme, host=raw.host, version=(raw.version.major, raw.version.minor),
-            route=route, request_id=request_id,
+            client_ip=runtime.trusted.client_ip(peer, ", ".join(raw.headers.getall("X-Forwarded-For", ()))),
+            peer=peer, scheme=raw.scheme, host=host or raw.host, version=(raw.version.major, raw.version.minor),
+            route=route.name, request_id=request_id,
         )
+        return request, route
 
     async def _call(self, handler: Handler, request: Request, limit: int) -> Response:
         try:
@@ -152,19 +165,6 @@ class Edge:
         response = error_response(exc, route, request_id)
         response.headers["X-Request-ID"] = request_id
         return _Whole(status=response.status, headers=response.headers, body=response.body)
-
-
-def _drop_consumer_headers(headers: CIMultiDict[str]) -> None:
-    """X-Consumer* is the gateway's word on who the caller is; a client never gets to say it."""
-    spoofed = [key for key in headers if key[:10].lower() == "x-consumer"]
-    for key in spoofed:
-        headers.popall(key, None)
-
-
-def _split_target(target: str) -> tuple[str, str]:
-    """Path and query exactly as the client sent them (still percent-encoded)."""
-    path, _, query = target.partition("?")
-    return path, query
 
 
 def _continue_sender(raw: web.BaseRequest) -> Callable[[], None] | None:

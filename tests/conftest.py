@@ -16,12 +16,20 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from hypothesis import HealthCheck, settings
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config_load import load_text
 from gateway.serve import GatewayProcess, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Property tests: a bounded run in `make test`, a long one in `make fuzz`
+# (HYPOTHESIS_PROFILE=fuzz). No deadline: the machines are shared and noisy.
+settings.register_profile("default", max_examples=300, deadline=None)
+settings.register_profile("fuzz", max_examples=20_000, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 class Upstream:

@@ -20,11 +20,14 @@ from gateway.errors import GatewayError
 from gateway.orchestration.merge import NotAnObject, merge
 from gateway.orchestration.plan import Plan, StepPlan
 from gateway.orchestration.templates import (
+    ANY_DATA,
+    CLIENT_DATA,
     MissingInput,
     MissingStepData,
     Ref,
     Scope,
     Template,
+    UnsafeValue,
     render_json,
     truthy,
     url_part,
@@ -71,8 +74,8 @@ class StepFailed(Exception):
         self.from_upstream = from_upstream
 
 
-class ClientInputMissing(Exception):
-    """The client's request lacks a value a template needs (the answer is a 400)."""
+class BadClientInput(Exception):
+    """The client's request lacks a value a template needs, or gives one it may not (a 400)."""
 
 
 @dataclass(slots=True)
@@ -250,7 +253,7 @@ class _Run:
                 raw: Any = await self._fan_out(step, step.for_each)
             else:
                 raw = await self._call_once(step, self.scope)
-        except ClientInputMissing as exc:
+        except BadClientInput as exc:
             return StepResult(step.name, "failed", 400, str(exc), bad_request=True)
         except StepFailed as exc:
             return self._failed(step, exc.status, exc.message, from_upstream=exc.from_upstream)
@@ -272,7 +275,7 @@ class _Run:
         try:
             items = self.scope.lookup(source)
         except MissingInput as exc:
-            raise ClientInputMissing(str(exc)) from None
+            raise BadClientInput(str(exc)) from None
         except MissingStepData as exc:
             raise StepFailed(502, str(exc)) from None
         if not isinstance(items, list):
@@ -290,20 +293,24 @@ class _Run:
 
     async def _call_once(self, step: StepPlan, scope: Scope) -> Any:
         try:
-            path_qs = step.path.render(scope, url_part)
+            path_qs = step.path.render(scope, url_part, ANY_DATA)
             headers = dict(self.headers)
             for name, template in step.headers:
-                value = template.render(scope)
+                value = template.render(scope, guard=CLIENT_DATA)
                 if "\r" in value or "\n" in value:
                     raise StepFailed(502, f"header {name} would contain a line break")
                 headers[name] = value
             body = None
             if step.body is not None:
-                body = json.dumps(render_json(step.body, scope)).encode()
+                body = json.dumps(render_json(step.body, scope, CLIENT_DATA)).encode()
                 headers.setdefault("Content-Type", "application/json")
         except MissingInput as exc:
-            raise ClientInputMissing(str(exc)) from None
+            raise BadClientInput(str(exc)) from None
         except MissingStepData as exc:
+            raise StepFailed(502, str(exc)) from None
+        except UnsafeValue as exc:
+            if exc.from_client:
+                raise BadClientInput(str(exc)) from None
             raise StepFailed(502, str(exc)) from None
         deadline = self.deadline
         if step.timeout is not None:

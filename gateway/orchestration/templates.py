@@ -4,7 +4,9 @@
 Parsed once when a config is loaded; rendered per request. Pure functions of data.
 A value that is missing never becomes a literal ``{...}``: rendering raises
 ``MissingInput`` (the client's request lacks it: 400) or ``MissingStepData`` (a step's
-answer lacks it: that step fails).
+answer lacks it: that step fails). Rendering with ``guard`` refuses values from those
+sources that would put a ``.`` or ``..`` segment into a path however they are decoded
+(``UnsafeValue``; the same guard as a proxy route's ``rewrite``).
 """
 
 from __future__ import annotations
@@ -16,8 +18,14 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
+from gateway.normalize import has_dot_segment
+
 CLIENT_SOURCES = frozenset({"path", "query", "header", "body", "consumer"})
 RESERVED = CLIENT_SOURCES | {"item"}
+# What the dot-segment guard looks at: the client's data everywhere it is rendered, and
+# in a step's path also what earlier steps answered.
+CLIENT_DATA = frozenset({"path", "query", "header", "body"})
+ANY_DATA = CLIENT_DATA | {"step", "item"}
 _TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
 _MISSING = object()
 
@@ -28,6 +36,18 @@ class MissingInput(LookupError):
 
 class MissingStepData(LookupError):
     """A step's answer lacks a value a template needs."""
+
+
+class UnsafeValue(ValueError):
+    """A value would put a ``.`` or ``..`` segment into what is sent upstream."""
+
+    def __init__(self, ref: Ref) -> None:
+        super().__init__(f"the value of {ref} may not contain '.' or '..' segments")
+        self.ref = ref
+
+    @property
+    def from_client(self) -> bool:
+        return self.ref.source in CLIENT_SOURCES
 
 
 @dataclass(frozen=True)
@@ -81,17 +101,30 @@ class Template:
         only = self.parts[0]
         return only if len(self.parts) == 1 and isinstance(only, Ref) else None
 
-    def render(self, scope: Scope, encode: Callable[[str], str] = lambda s: s) -> str:
-        """The template as text, each value passed through ``encode`` (e.g. URL quoting)."""
+    def render(self, scope: Scope, encode: Callable[[str], str] = lambda s: s,
+               guard: frozenset[str] = frozenset()) -> str:
+        """The template as text, each value passed through ``encode`` (e.g. URL quoting);
+        values from a source in ``guard`` may not carry a dot segment (UnsafeValue)."""
         out = []
         for part in self.parts:
-            out.append(part if isinstance(part, str) else encode(to_text(scope.lookup(part))))
+            if isinstance(part, str):
+                out.append(part)
+                continue
+            text = to_text(scope.lookup(part))
+            if part.source in guard and has_dot_segment(text):
+                raise UnsafeValue(part)
+            out.append(encode(text))
         return "".join(out)
 
-    def value(self, scope: Scope) -> Any:
+    def value(self, scope: Scope, guard: frozenset[str] = frozenset()) -> Any:
         """The typed value for a whole-reference template, else the rendered string."""
         ref = self.whole
-        return scope.lookup(ref) if ref is not None else self.render(scope)
+        if ref is None:
+            return self.render(scope, guard=guard)
+        value = scope.lookup(ref)
+        if ref.source in guard and _any_dot_segment(value):
+            raise UnsafeValue(ref)
+        return value
 
 
 def compile_template(source: str) -> Template:
@@ -215,14 +248,30 @@ class Scope:
         return value
 
 
-def render_json(value: Any, scope: Scope) -> Any:
+def _any_dot_segment(value: Any) -> bool:
+    """Whether a JSON value carries a dot segment in any string (keys included)."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if has_dot_segment(item):
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
+
+
+def render_json(value: Any, scope: Scope, guard: frozenset[str] = frozenset()) -> Any:
     """Render a body table: whole-reference strings keep their JSON type, others become text."""
     if isinstance(value, Template):
-        return value.value(scope)
+        return value.value(scope, guard)
     if isinstance(value, dict):
-        return {key: render_json(item, scope) for key, item in value.items()}
+        return {key: render_json(item, scope, guard) for key, item in value.items()}
     if isinstance(value, list):
-        return [render_json(item, scope) for item in value]
+        return [render_json(item, scope, guard) for item in value]
     return value
 
 

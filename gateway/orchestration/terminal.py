@@ -57,6 +57,8 @@ class OrchestrationTerminal:
         headers = {request.request_id_header: request.request_id, "Accept": "application/json"}
         if request.consumer is not None:
             headers["X-Consumer"] = request.consumer
+        if request.subject is not None:
+            headers["X-Consumer-Subject"] = request.subject
         result = await self.orchestrator.run(scope, self.caller, budget=self.budget, headers=headers)
         if result.body is None:
             error = _ERRORS.get(result.status, UpstreamError)

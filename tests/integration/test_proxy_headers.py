@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -508,7 +509,7 @@ async def test_query_string_passes_through_unchanged(upstream: StartUpstream, ga
     assert up.requests[0].raw_path == "/q?" + query.decode()
 
 
-async def test_encoded_path_passes_through_unchanged_without_rewrite(
+async def test_a_normal_encoded_path_passes_through_unchanged_without_rewrite(
     upstream: StartUpstream, gateway: StartGateway
 ) -> None:
     up = await upstream()
@@ -520,9 +521,52 @@ async def test_encoded_path_passes_through_unchanged_without_rewrite(
         path = "/svc/{{rest:.*}}"
         upstream = "svc"
     """)
+    response = await raw_exchange(gw.port, b"GET /svc/a%20b%3Ac;v=1 HTTP/1.1\r\nHost: gw\r\n\r\n")
+    assert response.status == 200
+    assert up.requests[0].raw_path == "/svc/a%20b%3Ac;v=1"
+
+
+async def test_encoded_slashes_are_refused_unless_kept(upstream: StartUpstream, gateway: StartGateway) -> None:
+    up = await upstream()
+    config = f"""
+        [upstreams.svc]
+        targets = ["{up.url}"]
+        [[routes]]
+        name = "svc"
+        path = "/svc/{{rest:.*}}"
+        upstream = "svc"
+    """
+    gw = await gateway(config)
     response = await raw_exchange(gw.port, b"GET /svc/a%20b%2Fc;v=1 HTTP/1.1\r\nHost: gw\r\n\r\n")
+    assert response.status == 400
+    assert up.hits == 0
+    kept = await gateway('[gateway]\nencoded_slashes = "keep"\n' + textwrap.dedent(config))
+    response = await raw_exchange(kept.port, b"GET /svc/a%20b%2fc;v=1 HTTP/1.1\r\nHost: gw\r\n\r\n")
     assert response.status == 200
     assert up.requests[0].raw_path == "/svc/a%20b%2Fc;v=1"
+
+
+async def test_kept_encoded_slashes_stay_encoded_through_rewrite(
+    upstream: StartUpstream, gateway: StartGateway
+) -> None:
+    up = await upstream()
+    gw = await gateway(f"""
+        [gateway]
+        encoded_slashes = "keep"
+        [upstreams.svc]
+        targets = ["{up.url}"]
+        [[routes]]
+        name = "files"
+        path = "/files/{{name}}/{{rest:.*}}"
+        upstream = "svc"
+        rewrite = "/store/{{name}}/{{rest}}"
+    """)
+    response = await raw_exchange(gw.port, b"GET /files/a%2Fb/c/d%2Fe%25 HTTP/1.1\r\nHost: gw\r\n\r\n")
+    assert response.status == 200
+    assert up.requests[0].raw_path == "/store/a%2Fb/c/d%2Fe%25"
+    response = await raw_exchange(gw.port, b"GET /files/x/..%2F..%2Fadmin HTTP/1.1\r\nHost: gw\r\n\r\n")
+    assert response.status == 400
+    assert up.hits == 1
 
 
 async def test_rewrite_with_path_parameters(

@@ -6,11 +6,15 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.errors import ServiceUnavailable, UpstreamError, UpstreamTimeout
 from gateway.orchestration import (
@@ -755,3 +759,68 @@ def test_orchestrator_from_steps_passes_route_options() -> None:
                                    errors_key="_e", status=203)
     assert (orch.plan.merge, orch.plan.arrays, orch.plan.errors_key, orch.plan.status) == (
         "deep", "concat", "_e", 203)
+
+
+# --- the dot-segment guard -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("scope", "where"),
+    [
+        (Scope(params={"id": "..%2Fprivate"}), "path"),
+        (Scope(params={"id": ".."}), "path"),
+        (Scope(params={"id": "%2e%2e"}), "path"),
+        (Scope(params={"id": "..;x"}), "path"),
+        (Scope(query={"q": "../x"}), "query"),
+        (Scope(query={"q": "%252e%252e"}), "query"),
+        (Scope(headers={"X-Id": "..\\x"}), "header"),
+        (Scope(body={"name": {"nested": [".."]}}), "body"),
+        (Scope(body={"name": "."}), "body text"),
+    ],
+)
+async def test_client_values_with_dot_segments_are_refused_before_any_call(scope: Scope, where: str) -> None:
+    fake = FakeUpstreams({"s": Answer({})})
+    steps: dict[str, dict[str, Any]] = {
+        "path": {"name": "s", "path": "/public/{path.id}/x.json"},
+        "query": {"name": "s", "path": "/search?q={query.q}"},
+        "header": {"name": "s", "path": "/s", "headers": {"X-Id": "{header.X-Id}"}},
+        "body": {"name": "s", "path": "/s", "method": "POST", "body": {"n": "{body.name}"}},
+        "body text": {"name": "s", "path": "/s", "method": "POST", "body": {"n": "name={body.name}"}},
+    }
+    result = await run(orchestrator(steps[where]), fake, scope)
+    assert result.status == 400
+    assert "'.' or '..' segments" in (result.detail or "")
+    assert fake.calls == []
+
+
+async def test_ordinary_values_with_dots_pass() -> None:
+    fake = FakeUpstreams({"s": Answer({})})
+    orch = orchestrator({"name": "s", "path": "/files/{path.id}?v={query.v}", "headers": {"X-V": "{query.v}"}})
+    result = await run(orch, fake, Scope(params={"id": "report.v2.pdf"}, query={"v": "1.2..3"}))
+    assert result.status == 200
+    assert fake.calls[0].path_qs == "/files/report.v2.pdf?v=1.2..3"
+
+
+async def test_a_dot_segment_from_an_earlier_step_fails_the_step_that_would_send_it() -> None:
+    fake = FakeUpstreams({"user": Answer({"home": "../admin"}), "files": Answer({})})
+    orch = orchestrator(
+        {"name": "user", "path": "/user"},
+        {"name": "files", "path": "/files/{user.home}", "optional": True},
+    )
+    result = await run(orch, fake)
+    assert result.status == 200
+    assert fake.steps_called() == ["user"]
+    assert result.steps["files"].outcome == "failed"
+
+
+@given(st.text(alphabet=st.sampled_from(list("./\\%2eEfF5c;a")), max_size=12))
+async def test_no_call_ever_carries_a_dot_segment_from_client_data(value: str) -> None:
+    fake = FakeUpstreams({"s": Answer({})})
+    orch = orchestrator({"name": "s", "path": "/public/{path.id}/x?q={query.q}"})
+    result = await run(orch, fake, Scope(params={"id": value}, query={"q": value}))
+    for call in fake.calls:
+        decoded = call.path_qs
+        for _ in range(5):
+            decoded = unquote(decoded)
+        assert not any(piece.partition(";")[0] in (".", "..") for piece in re.split(r"[/\\?=]", decoded)[1:])
+    assert result.status in (200, 400)

@@ -1,0 +1,93 @@
+"""Request hygiene at the edge, before routing (docs/security.md): the client's headers
+made into the ones the chain sees, the Host checked, TRACE/CONNECT kept out.
+
+Pure functions of headers and settings; a refusal is a ``BadRequest`` (400).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Literal
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from gateway.errors import BadRequest
+
+UnderscoreRule = Literal["drop", "reject", "allow"]
+
+# Methods a route answers only when its `methods` names them.
+EXPLICIT_ONLY = frozenset({"TRACE", "CONNECT"})
+# Headers that say how this one connection behaves; the Connection header may name only
+# these and stay meaningful for the proxy (an Upgrade handshake needs them).
+_CONNECTION_OWN = frozenset({"connection", "upgrade", "keep-alive", "te", "trailer", "transfer-encoding"})
+# Framing the gateway keeps end to end, whatever Connection says.
+_NEVER_NAMED = frozenset({"host", "content-length"})
+# Who-is-the-client headers only a trusted proxy may send.
+_UNTRUSTED_DROP = ("forwarded", "x-real-ip")
+_PLAIN_CONNECTION = frozenset({"keep-alive", "close", "upgrade"})
+_AUTHORITY = re.compile(
+    r"(?:\[[0-9A-Fa-f:.]+(?:%25[A-Za-z0-9._~-]+)?\]|[A-Za-z0-9._~-]+)(?::[0-9]{0,5})?"
+)
+
+
+def check_host(host: str | None) -> None:
+    """A Host must be an authority: a host name or IP literal, an optional port."""
+    if host is None:
+        return  # HTTP/1.0 without Host (HTTP/1.1 without one is refused by the parser)
+    match = _AUTHORITY.fullmatch(host)
+    port = host.rpartition(":")[2] if match and not host.endswith("]") and ":" in host else ""
+    if match is None or (port and int(port) > 65535) or host.startswith(".") or ".." in host:
+        raise BadRequest("the Host header is not a valid host[:port]")
+
+
+def clean_headers(
+    raw: CIMultiDictProxy[str] | CIMultiDict[str], *, underscores: UnderscoreRule, peer_trusted: bool
+) -> CIMultiDict[str]:
+    """The client's headers as the chain sees them.
+
+    Removed: names with ``_`` (unless allowed; ``reject`` answers 400), every ``X-Consumer*``
+    (the gateway's word on who the caller is), the headers the client's ``Connection`` names
+    (so a header a plugin sets later always reaches the upstream), and — from a peer that is
+    not a trusted proxy — ``Forwarded``, ``X-Real-IP`` and ``X-Forwarded-*`` other than
+    ``X-Forwarded-For`` (which the proxy appends to).
+    """
+    if _nothing_to_remove(raw):
+        return CIMultiDict(raw)  # the common case: one copy in C
+    named = frozenset(t for t in _tokens(raw.getall("Connection", ()))
+                      if t not in _CONNECTION_OWN and t not in _NEVER_NAMED)
+    out: CIMultiDict[str] = CIMultiDict()
+    for key, value in raw.items():
+        lower = key.lower()
+        if "_" in key and underscores != "allow":
+            if underscores == "reject":
+                raise BadRequest("header names with '_' are not accepted")
+            continue
+        if lower.startswith("x-consumer") or lower in named:
+            continue
+        if not peer_trusted and (lower in _UNTRUSTED_DROP or (lower.startswith("x-forwarded-")
+                                                             and lower != "x-forwarded-for")):
+            continue
+        if lower == "connection":
+            value = ", ".join(t for t in _tokens(value.split(",")) if t in _CONNECTION_OWN)
+            if not value:
+                continue
+        out.add(key, value)
+    return out
+
+
+def _nothing_to_remove(raw: CIMultiDictProxy[str] | CIMultiDict[str]) -> bool:
+    """A quick look at all names at once (newline-joined, so each is found whole)."""
+    names = "\n" + "\n".join(raw.keys()).lower() + "\n"
+    if "_" in names or "\nx-consumer" in names or "\nx-real-ip\n" in names or "\nforwarded\n" in names:
+        return False
+    if names.count("\nx-forwarded-") != names.count("\nx-forwarded-for\n"):
+        return False
+    connections = raw.getall("Connection", ())
+    if not connections:
+        return True
+    return len(connections) == 1 and connections[0].lower() in _PLAIN_CONNECTION
+
+
+def _tokens(values: Iterable[str]) -> list[str]:
+    return [token.strip().lower() for value in values for token in value.split(",") if token.strip()]
