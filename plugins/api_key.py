@@ -83,4 +83,5 @@ class ApiKey(AuthPlugin[ApiKeyConfig]):
             if self.config.query and request.query_string:
                 request.query_string = without_query_param(request.query_string, self.config.query)
         request.consumer = consumer
+        request.subject = None
         return await call_next(request)

@@ -147,4 +147,5 @@ class BasicAuth(AuthPlugin[BasicAuthConfig]):
         if self.config.hide_credentials:
             request.headers.popall("Authorization", None)
         request.consumer = user
+        request.subject = None
         return await call_next(request)

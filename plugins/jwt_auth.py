@@ -1,4 +1,9 @@
-"""``jwt``: a Bearer JSON Web Token, verified with PyJWT, identifies the consumer.
+"""``jwt``: a Bearer JSON Web Token, verified with PyJWT, identifies the caller.
+
+A ``sub`` listed in a consumer's ``jwt_subjects`` makes that consumer ``request.consumer``
+(sent upstream as ``X-Consumer``). Any other ``sub`` is only ``request.subject`` (sent as
+``X-Consumer-Subject``), or refused with ``require_consumer = true``: a token can never
+claim a configured consumer's name by carrying it as its ``sub``.
 
 The key material fixes the algorithm family, checked when the config is loaded: ``secret``
 verifies HS256/384/512 only; ``public_key`` (PEM) or ``jwks_url`` verify RS*/PS*/ES*/EdDSA
@@ -14,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
-from pydantic import BeforeValidator, Field, WithJsonSchema
+from pydantic import BeforeValidator, Field, WithJsonSchema, field_validator
 
 from gateway import Handler, PluginContext, Request, Response
 from gateway.config_model import DURATION_SCHEMA, Duration
@@ -47,6 +52,17 @@ class JwtConfig(AuthConfig):
     leeway: Leeway = 30.0  # clock skew allowed for exp / nbf / iat
     required_claims: list[str] = Field(default_factory=list)
     claims_to_headers: dict[str, HeaderName] = Field(default_factory=dict)
+    require_consumer: bool = False  # refuse a token whose sub is in no consumer's jwt_subjects
+
+    @field_validator("claims_to_headers")
+    @classmethod
+    def _no_identity_headers(cls, headers: dict[str, HeaderName]) -> dict[str, HeaderName]:
+        for claim, name in headers.items():
+            # "X_Consumer" too: some upstreams (CGI/WSGI) read "_" and "-" as the same.
+            if name.lower().replace("_", "-").startswith("x-consumer"):
+                raise ValueError(f"claim {claim!r}: the header {name!r} is not allowed; X-Consumer* headers "
+                                 "are set by the gateway only (the consumer, or X-Consumer-Subject)")
+        return headers
 
 
 def _need(algorithms: list[str]) -> str:
@@ -122,7 +138,8 @@ def header_value(value: Any) -> str:
 
 
 class JwtAuth(AuthPlugin[JwtConfig]):
-    """401 + ``WWW-Authenticate: Bearer`` unless a valid token is presented; sets the consumer."""
+    """401 + ``WWW-Authenticate: Bearer`` unless a valid token is presented; sets the consumer
+    (a mapped ``sub``) or the subject (any other ``sub``)."""
 
     name = "jwt"
     Config = JwtConfig
@@ -181,9 +198,15 @@ class JwtAuth(AuthPlugin[JwtConfig]):
             self._fail(request, "invalid", "the token's algorithm is not accepted")
         claims = await self._verify(request, token, alg, header.get("kid"))
         sub = claims.get("sub")
-        consumer = self._subjects.get(sub, sub) if isinstance(sub, str) and sub else None
-        if consumer is not None and not safe_header_value(consumer):
-            self._fail(request, "invalid", "the token's subject cannot name a consumer")
+        sub = sub if isinstance(sub, str) and sub else None
+        consumer = self._subjects.get(sub) if sub is not None else None
+        subject: str | None = None
+        if consumer is None:
+            if self.config.require_consumer:
+                self._fail(request, "invalid", "the token's subject is not a known consumer")
+            if sub is not None and not safe_header_value(sub):
+                self._fail(request, "invalid", "the token's subject contains control characters")
+            subject = sub
         for claim, name in self.config.claims_to_headers.items():
             request.headers.popall(name, None)  # a client never sets these itself
             if claim in claims:
@@ -193,6 +216,7 @@ class JwtAuth(AuthPlugin[JwtConfig]):
         if self.config.hide_credentials:
             request.headers.popall("Authorization", None)
         request.consumer = consumer
+        request.subject = subject
         request.state["jwt_claims"] = claims
         return await call_next(request)
 

@@ -6,10 +6,14 @@ this process or shared through Redis, with the RateLimit headers and 429 (SPEC Â
     limit = 100                 # one limit ...
     window = "1m"
     # limits = [{ limit = 10, window = "1s" }, { limit = 1000, window = "1h" }]   # ... or several
-    key = "consumer"            # consumer (else client IP) | ip | route | "header:X-Tenant"
+    key = "consumer"            # consumer (else JWT subject, else client IP) | ip | route | "header:X-Tenant"
     store = "auto"              # auto (redis when gateway.redis_url is set) | local | redis
     on_store_error = "allow"    # allow | deny (503) | local (this process's own limiter)
     headers = "draft"           # draft | legacy | none
+
+Keys carry their kind as a prefix, so kinds never share a quota: a consumer is ``c:<name>``,
+an authenticated subject that names no consumer (``request.subject``) ``s:<sub>``, so a
+token whose ``sub`` is ``alice`` never spends consumer alice's quota.
 """
 
 from __future__ import annotations
@@ -130,11 +134,13 @@ class RateLimit(Plugin[RateLimitConfig]):
         kind = self.config.key
         if kind == "consumer" and request.consumer:
             value = "c:" + request.consumer
+        elif kind == "consumer" and request.subject:
+            value = "s:" + request.subject
         elif kind == "route":
             value = "r:" + request.route
         elif self._header and (header := request.headers.get(self._header)):
             value = "h:" + header
-        else:  # ip, and the fallback of consumer / header when there is none
+        else:  # ip, and the fallback of consumer (no consumer, no subject) / header (not sent)
             value = "ip:" + request.client_ip
         if len(value) > LONG_KEY:
             value = "#" + hashlib.blake2b(value.encode(), digest_size=16).hexdigest()

@@ -169,7 +169,8 @@ async def test_jwt_valid_expired_not_yet_valid_wrong_audience_issuer_signature_a
     assert got["X-Scope"] == "read"
     assert "Authorization" not in got
     assert (await get(http, gw, "/api/a", bearer(token(SECRET, sub="svc-7", **good))))[0] == 200
-    assert up.requests[1].headers["X-Consumer"] == "svc-7"  # no jwt_subjects entry: the sub itself
+    assert up.requests[1].headers["X-Consumer-Subject"] == "svc-7"  # no jwt_subjects entry: not a consumer
+    assert "X-Consumer" not in up.requests[1].headers
 
     now = int(time.time())
     refused = [
@@ -188,6 +189,53 @@ async def test_jwt_valid_expired_not_yet_valid_wrong_audience_issuer_signature_a
     assert (status, headers["WWW-Authenticate"]) == (401, 'Bearer realm="gateway"')
     assert up.hits == 2
     assert await failures(gw, "users", "jwt") == {"missing": 1, "invalid": 5, "expired": 1}
+
+
+def consumer_headers(request: web.Request) -> dict[str, list[str]]:
+    """Every X-Consumer* header the upstream received, by name."""
+    return {name: request.headers.getall(name) for name in request.headers if name.lower().startswith("x-consumer")}
+
+
+async def test_jwt_subject_is_a_consumer_only_through_jwt_subjects(
+    upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    up = await upstream()
+    plugins = '[[routes.plugins]]\nuse = "jwt"\nsecret = "${JWT_SECRET}"\nalgorithms = ["HS256"]'
+    gw = await gateway(route_with(up, plugins), env=ENV)
+    spoofed = {"X-Consumer": "alice", "X-Consumer-Subject": "alice@example.com", "x-consumer-id": "1"}
+
+    assert (await get(http, gw, "/api/a", {**bearer(token(SECRET, sub="svc-7")), **spoofed}))[0] == 200
+    assert consumer_headers(up.requests[-1]) == {"X-Consumer-Subject": ["svc-7"]}
+    # "bob" is a consumer's name, but not among its jwt_subjects: the token does not become bob.
+    assert (await get(http, gw, "/api/a", bearer(token(SECRET, sub="bob"))))[0] == 200
+    assert consumer_headers(up.requests[-1]) == {"X-Consumer-Subject": ["bob"]}
+    assert (await get(http, gw, "/api/a", {**bearer(token(SECRET)), **spoofed}))[0] == 200
+    assert consumer_headers(up.requests[-1]) == {"X-Consumer": ["alice"]}
+    assert (await get(http, gw, "/api/a", {**bearer(token(SECRET, sub=None)), **spoofed}))[0] == 200
+    assert consumer_headers(up.requests[-1]) == {}
+    assert up.hits == 4
+
+
+async def test_jwt_require_consumer_refuses_unmapped_subjects(
+    upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    up = await upstream()
+    plugins = """[[routes.plugins]]
+        use = "jwt"
+        secret = "${JWT_SECRET}"
+        algorithms = ["HS256"]
+        require_consumer = true"""
+    gw = await gateway(route_with(up, plugins), env=ENV)
+    detail = "the token's subject is not a known consumer"
+    for value in (token(SECRET, sub="svc-7"), token(SECRET, sub="alice"), token(SECRET, sub=None)):
+        status, headers, problem = await get(http, gw, "/api/a", {**bearer(value), "X-Consumer": "alice"})
+        assert (status, headers["Content-Type"]) == (401, "application/problem+json")
+        assert (problem["status"], problem["detail"], problem["route"]) == (401, detail, "users")
+        assert headers["WWW-Authenticate"] == BEARER_INVALID.format(detail)
+    assert up.hits == 0
+    assert (await get(http, gw, "/api/a", bearer(token(SECRET))))[0] == 200
+    assert consumer_headers(up.requests[0]) == {"X-Consumer": ["alice"]}
+    assert await failures(gw, "users", "jwt") == {"missing": 0, "invalid": 3, "expired": 0}
 
 
 async def test_hs256_token_made_with_the_rs256_public_key_is_refused(

@@ -83,6 +83,9 @@ def failures(metrics: Metrics, reason: str) -> float | None:
         "gateway_auth_failures_total", {"route": "test", "plugin": "jwt", "reason": reason})
 
 
+BEARER_INVALID = 'Bearer realm="gateway", error="invalid_token", error_description="{}"'
+
+
 async def refused(auth: JwtAuth, headers: dict[str, str]) -> tuple[str, str]:
     """Send a request that must be refused; return (WWW-Authenticate, problem detail)."""
     upstream = FakeUpstream()
@@ -106,14 +109,47 @@ async def accepted(auth: JwtAuth, headers: dict[str, str]) -> FakeUpstream:
 async def test_valid_token_maps_its_subject_to_the_consumer_and_is_not_forwarded() -> None:
     upstream = await accepted(plugin(), bearer(token(SECRET)))
     seen = upstream.requests[0]
-    assert seen.consumer == "alice"
+    assert (seen.consumer, seen.subject) == ("alice", None)
     assert "Authorization" not in seen.headers
     assert seen.state["jwt_claims"]["sub"] == "alice@example.com"
 
 
-async def test_unmapped_subject_is_the_consumer_itself() -> None:
-    upstream = await accepted(plugin(), bearer(token(SECRET, sub="dave")))
-    assert upstream.requests[0].consumer == "dave"
+@pytest.mark.parametrize("sub", ["dave", "alice", "alice-svc-2"])
+async def test_an_unmapped_subject_is_only_the_subject_never_the_consumer(sub: str) -> None:
+    # "alice" is a consumer's name but not one of its jwt_subjects: it claims nothing.
+    seen = (await accepted(plugin(), bearer(token(SECRET, sub=sub)))).requests[0]
+    assert (seen.consumer, seen.subject) == (None, sub)
+
+
+async def test_a_token_without_subject_names_neither_consumer_nor_subject() -> None:
+    for claims in ({"sub": None}, {"sub": ""}):
+        seen = (await accepted(plugin(), bearer(token(SECRET, **claims)))).requests[0]
+        assert (seen.consumer, seen.subject) == (None, None)
+
+
+async def test_the_token_replaces_what_an_earlier_auth_plugin_set() -> None:
+    upstream = FakeUpstream()
+    request = make_request(headers=bearer(token(SECRET, sub="dave")))
+    request.consumer = "bob"
+    assert (await run_plugin(plugin(), request, upstream)).status == 200
+    assert (upstream.requests[0].consumer, upstream.requests[0].subject) == (None, "dave")
+    request = make_request(headers=bearer(token(SECRET, sub="alice-svc")))
+    request.subject = "dave"
+    assert (await run_plugin(plugin(), request, upstream)).status == 200
+    assert (upstream.requests[1].consumer, upstream.requests[1].subject) == ("alice", None)
+
+
+async def test_require_consumer_refuses_unmapped_and_missing_subjects() -> None:
+    metrics = Metrics()
+    auth = plugin(metrics, require_consumer=True)
+    seen = (await accepted(auth, bearer(token(SECRET, sub="alice-svc")))).requests[0]
+    assert (seen.consumer, seen.subject) == ("alice", None)
+    for sub in ("dave", "alice", None, "x\r\nX-Admin: 1"):
+        challenge, detail = await refused(auth, bearer(token(SECRET, sub=sub)))
+        assert detail == "the token's subject is not a known consumer"
+        assert challenge == BEARER_INVALID.format(detail)
+    assert failures(metrics, "invalid") == 4
+    assert failures(metrics, "missing") == 0
 
 
 async def test_hide_credentials_false_forwards_the_token() -> None:
@@ -201,8 +237,9 @@ async def test_bad_tokens_are_invalid(value: str, detail: str) -> None:
 
 
 async def test_a_subject_with_control_characters_is_refused() -> None:
-    assert (await refused(plugin(), bearer(token(SECRET, sub="x\r\nX-Admin: 1"))))[1] == \
-        "the token's subject cannot name a consumer"
+    for sub in ("x\r\nX-Admin: 1", "a\x00b", "tab\there"):
+        assert (await refused(plugin(), bearer(token(SECRET, sub=sub))))[1] == \
+            "the token's subject contains control characters"
 
 
 async def test_claims_are_forwarded_as_headers_and_client_values_are_dropped() -> None:
@@ -212,6 +249,17 @@ async def test_claims_are_forwarded_as_headers_and_client_values_are_dropped() -
     assert seen.headers.getall("X-User") == ["alice@example.com"]
     assert seen.headers["X-Roles"] == '["admin","ops"]'
     assert "X-Tenant" not in seen.headers  # absent claim: the client's value is not kept either
+
+
+@pytest.mark.parametrize("header", ["X-Consumer", "x-consumer", "X-Consumer-Subject", "X-CONSUMER-ID",
+                                    "X-ConsumerName", "X_Consumer", "x_consumer_subject"])
+def test_claims_cannot_be_sent_as_x_consumer_headers(header: str) -> None:
+    with pytest.raises(ValidationError, match=f"claim 'sub': the header '{header}' is not allowed"):
+        plugin(claims_to_headers={"scope": "X-Scope", "sub": header})
+
+
+def test_claims_to_headers_may_use_names_that_only_resemble_x_consumer() -> None:
+    plugin(claims_to_headers={"a": "X-Consume", "b": "Consumer", "c": "X-Customer", "d": "X-Upstream-Consumer"})
 
 
 # --- the asymmetric families and algorithm confusion -------------------------------------------
@@ -408,6 +456,28 @@ def test_option_problems_are_reported_at_the_plugins_location() -> None:
         "routes.toml: routes[0].plugins[0] (jwt): RS256 needs `public_key` or `jwks_url`: `secret` verifies "
         "HS256/HS384/HS512 only (one key never serves both families)"
     ]
+
+
+def test_an_x_consumer_claim_header_is_reported_at_the_option() -> None:
+    toml = """
+        [upstreams.svc]
+        targets = ["http://127.0.0.1:9"]
+        [[routes]]
+        name = "svc"
+        path = "/svc"
+        upstream = "svc"
+          [[routes.plugins]]
+          use = "jwt"
+          secret = "${JWT_SECRET}"
+          algorithms = ["HS256"]
+          claims_to_headers = { sub = "X-Consumer" }
+    """
+    with pytest.raises(ConfigError) as info:
+        Runtime(load_text(toml, "routes.toml", {"JWT_SECRET": SECRET}), Metrics(), ClientHolder())
+    lines = info.value.lines()
+    assert len(lines) == 1
+    assert lines[0].startswith("routes.toml: routes[0].plugins[0] (jwt).claims_to_headers: ")
+    assert "claim 'sub': the header 'X-Consumer' is not allowed" in lines[0]
 
 
 def test_a_subject_mapped_to_two_consumers_is_refused() -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from gateway import Request
 from gateway.config_model import GatewaySettings
 from gateway.metrics import Metrics
 from gateway.redis_pool import Breaker, RedisPool, RedisUnavailable
@@ -76,6 +77,36 @@ def test_keys_by_kind() -> None:
     request.headers["X-Tenant"] = "x" * 500  # long client-chosen values are hashed, not stored
     hashed = limiter(limit=1, window="1s", key="header:X-Tenant").key(request)
     assert hashed.startswith("#") and len(hashed) == 33
+
+
+def test_consumer_key_keeps_unmapped_subjects_apart_from_consumers() -> None:
+    plugin = limiter(limit=1, window="1s")
+    request = make_request(client_ip="10.1.2.3")
+    request.subject = "alice"  # an authenticated sub that names no consumer
+    assert plugin.key(request) == "s:alice"
+    request.consumer = "alice"  # a consumer wins over a subject
+    assert plugin.key(request) == "c:alice"
+    assert limiter(limit=1, window="1s", key="ip").key(request) == "ip:10.1.2.3"
+    request.consumer, request.subject = None, "s" * 100  # a long subject is hashed, not stored
+    hashed = plugin.key(request)
+    assert hashed.startswith("#") and len(hashed) == 33
+    request.subject = ""
+    assert plugin.key(request) == "ip:10.1.2.3"
+
+
+async def test_a_subject_named_like_a_consumer_does_not_spend_its_quota() -> None:
+    plugin = limiter(Clock(), limit=1, window="1m")
+
+    def request(consumer: str | None = None, subject: str | None = None, ip: str = "10.0.0.1") -> Request:
+        made = make_request(client_ip=ip)
+        made.consumer, made.subject = consumer, subject
+        return made
+
+    assert (await run_plugin(plugin, request(consumer="alice"))).status == 200
+    assert (await run_plugin(plugin, request(subject="alice"))).status == 200  # its own quota
+    assert (await run_plugin(plugin, request(subject="alice", ip="10.0.0.2"))).status == 429  # by sub, not IP
+    assert (await run_plugin(plugin, request(consumer="alice", ip="10.0.0.3"))).status == 429
+    assert (await run_plugin(plugin, request())).status == 200  # neither: the client IP
 
 
 async def test_a_global_limiter_labels_each_route_and_keeps_one_quota() -> None:
