@@ -1,25 +1,34 @@
-"""The admin listener (SPEC §9): /metrics, /healthz, /readyz, /status, /config, POST /reload.
+"""The admin listener: /metrics, /healthz, /readyz, /status, /config, POST /reload.
 
 It runs on its own port so scraping and rendering metrics stay off the public listener.
+Probes and scrapers (/healthz, /readyz, /metrics) are always answered; everything else only
+for a Host that DNS rebinding cannot forge, never for a cross-site POST, and only with the
+bearer token when ``gateway.admin_token`` is set.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import html
+import ipaddress
 import json
-import re
 import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 from gateway.config_load import LoadedConfig
-from gateway.config_model import RouteConfig
+from gateway.config_model import GatewaySettings, RouteConfig
+from gateway.errors import Forbidden, GatewayError, Unauthorized
+from gateway.redaction import REDACTED, Loc, hide_url_passwords, secret_field
 
-REDACTED = "<redacted>"
-# Plugin options whose values are secrets (jwt secret, basic_auth users' hashes, keys, tokens).
-_SECRET_OPTION = re.compile(r"(secret|password|passwd|token|key|private|credential|users)", re.I)
+# Always answered, whatever the Host and without the token: the kubelet and Prometheus ask here.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+REALM = "gateway-admin"
 
 
 class AdminSource:
@@ -46,6 +55,9 @@ class AdminSource:
 
 
 def admin_app(source: AdminSource) -> web.Application:
+    """The admin application; its guard reads the settings of the config in use on each request,
+    so a reload that changes ``admin_hosts`` or ``admin_token`` applies at once."""
+
     async def metrics(_: web.Request) -> web.Response:
         body, content_type = await asyncio.to_thread(source.metrics_text)
         return web.Response(body=body, headers={"Content-Type": content_type})
@@ -69,7 +81,7 @@ def admin_app(source: AdminSource) -> web.Application:
     async def status(_: web.Request) -> web.Response:
         return web.Response(text=status_page(source), content_type="text/html")
 
-    app = web.Application()
+    app = web.Application(middlewares=[admin_guard(lambda: source.current_config().config.gateway)])
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -79,27 +91,139 @@ def admin_app(source: AdminSource) -> web.Application:
     return app
 
 
+# --- the guard ---------------------------------------------------------------------------
+
+
+def admin_guard(settings: Callable[[], GatewaySettings]) -> Middleware:
+    """Host allow-list, cross-site POST refusal and the bearer token, for every path but
+    OPEN_PATHS. ``settings`` is called on each request."""
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path not in OPEN_PATHS:
+            refusal = refuse(request, settings())
+            if refusal is not None:
+                return _problem(refusal)
+        return await handler(request)
+
+    return guard
+
+
+def refuse(request: web.Request, settings: GatewaySettings) -> GatewayError | None:
+    """Why the admin listener will not answer ``request`` (None: it will)."""
+    hosts = request.headers.getall("Host", [])
+    if len(hosts) != 1:
+        return Forbidden("the request needs one Host header")
+    host = _split_host(hosts[0])
+    if host is None or not admin_host(host[0], settings.admin_hosts):
+        return Forbidden(f"Host {hosts[0]!r} is not an IP address, localhost or a name in gateway.admin_hosts")
+    if request.method not in _SAFE_METHODS and _cross_site(request, host):
+        return Forbidden("a cross-site request may not change the gateway")
+    if settings.admin_token and not _bearer_matches(request, settings.admin_token):
+        return Unauthorized("the admin listener needs Authorization: Bearer <gateway.admin_token>",
+                            headers={"WWW-Authenticate": f'Bearer realm="{REALM}"'})
+    return None
+
+
+def admin_host(name: str, allowed: Iterable[str]) -> bool:
+    """Whether a Host name (without its port, lower case) may reach the admin endpoints."""
+    if name == "localhost" or _ip_literal(name):
+        return True
+    for entry in allowed:
+        split = _split_host(entry.strip())
+        if split is not None and split[0] == name:
+            return True
+    return False
+
+
+def _ip_literal(name: str) -> bool:
+    try:
+        if name.startswith("["):
+            ipaddress.IPv6Address(name[1:-1])
+        else:
+            ipaddress.IPv4Address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _split_host(value: str) -> tuple[str, int | None] | None:
+    """``host[:port]`` as (lower-case name, port); an IPv6 name keeps its brackets; a trailing
+    dot is dropped. None when malformed."""
+    value = value.strip()
+    if value.startswith("["):
+        close = value.find("]")
+        if close < 0:
+            return None
+        name, rest = value[: close + 1], value[close + 1:]
+        if rest and not rest.startswith(":"):
+            return None
+        port = rest[1:]
+    else:
+        name, _, port = value.partition(":")
+        if ":" in port:
+            return None
+    if port and not (port.isascii() and port.isdigit() and int(port) <= 65535):
+        return None
+    name = name.lower()
+    name = name[:-1] if name.endswith(".") and not name.startswith("[") else name
+    return (name, int(port) if port else None) if name else None
+
+
+def _cross_site(request: web.Request, host: tuple[str, int | None]) -> bool:
+    """A browser tells where a request comes from; same-site is exactly http://<Host>."""
+    if request.headers.get("Sec-Fetch-Site", "").strip().lower() == "cross-site":
+        return True
+    origins = request.headers.getall("Origin", [])
+    if not origins:
+        return False  # not sent by a browser (curl, scripts)
+    if len(origins) > 1:
+        return True
+    scheme, sep, rest = origins[0].strip().partition("://")
+    if not sep or scheme.lower() != "http" or any(c in rest for c in "/?#@"):
+        return True  # "null", https://, or not an origin at all
+    origin = _split_host(rest)
+    return origin is None or (origin[0], origin[1] or 80) != (host[0], host[1] or 80)
+
+
+def _bearer_matches(request: web.Request, token: str) -> bool:
+    values = request.headers.getall("Authorization", [])
+    if len(values) != 1:
+        return False
+    scheme, _, credentials = values[0].strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    given = credentials.strip().encode("utf-8", "surrogateescape")
+    return hmac.compare_digest(given, token.encode("utf-8", "surrogateescape"))
+
+
+def _problem(error: GatewayError) -> web.Response:
+    document = {"type": error.type, "title": error.title, "status": error.status, "detail": error.detail}
+    return web.Response(status=error.status, body=json.dumps(document).encode(),
+                        headers={"Content-Type": "application/problem+json", **error.headers})
+
+
+# --- /config ------------------------------------------------------------------------------
+
+
 def redacted_config(loaded: LoadedConfig) -> Any:
-    """The effective config as JSON with secrets hidden: every value that came from ${ENV},
-    consumers' API keys, and plugin options named like secrets (secret, key, token, users...)."""
+    """The effective config as JSON with every secret hidden: values that came from ${ENV},
+    consumers' API keys, ``gateway.admin_token``, plugin options named like secrets (secret,
+    key, token, users...), credential headers set by plugins or steps, and the password of
+    every URL."""
     data = loaded.config.model_dump(mode="json")
-    return _redact(data, "", loaded.secret_locations, hide=False, in_plugin=False)
+    return _redact(data, (), "", loaded.secret_locations, hide=False)
 
 
-def _redact(value: Any, path: str, secrets: frozenset[str], *, hide: bool, in_plugin: bool) -> Any:
+def _redact(value: Any, loc: Loc, path: str, secrets: frozenset[str], *, hide: bool) -> Any:
+    hide = hide or path in secrets or secret_field(loc)
     if isinstance(value, dict):
-        out = {}
-        for key, item in value.items():
-            where = f"{path}.{key}" if path else key
-            secret = hide or key == "api_keys" or (in_plugin and bool(_SECRET_OPTION.search(key)))
-            out[key] = _redact(item, where, secrets, hide=secret, in_plugin=in_plugin)
-        return out
+        return {key: _redact(item, (*loc, key), f"{path}.{key}" if path else key, secrets, hide=hide)
+                for key, item in value.items()}
     if isinstance(value, list):
-        plugins = path.endswith("plugins")
-        return [_redact(v, f"{path}[{i}]", secrets, hide=hide, in_plugin=in_plugin or plugins)
-                for i, v in enumerate(value)]
-    if (hide or path in secrets) and isinstance(value, str) and value:
-        return REDACTED
+        return [_redact(item, (*loc, i), f"{path}[{i}]", secrets, hide=hide) for i, item in enumerate(value)]
+    if isinstance(value, str) and value:
+        return REDACTED if hide else hide_url_passwords(value)
     return value
 
 
@@ -126,7 +250,8 @@ def status_page(source: AdminSource) -> str:
 
     def targets(name: str, listed: list[str]) -> str:
         up = live.get(name, ("", {}))[1]
-        return ", ".join(f"{t} ({'up' if up.get(t, True) else 'DOWN'})" if name in live else t for t in listed)
+        return ", ".join(f"{hide_url_passwords(t)} ({'up' if up.get(t, True) else 'DOWN'})" if name in live
+                         else hide_url_passwords(t) for t in listed)
 
     ups = "".join(
         f"<tr><td>{e(name)}</td><td>{e(up.balance)}</td><td>{e(targets(name, up.targets))}</td>"

@@ -7,7 +7,7 @@ import os
 import tomllib
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from gateway.envsubst import expand
 from gateway.hints import closest, unknown
 from gateway.orchestration.plan import Plan, PlanError, build_plan
 from gateway.plugin import PluginConfig
+from gateway.redaction import REDACTED, Loc, hide_url_passwords, secret_field
 from gateway.registry import PluginClass, Registry
 
 Problem = tuple[str, str]  # (location, message)
@@ -97,14 +98,14 @@ def load_text(
     try:
         config = Config.model_validate(expanded)
     except ValidationError as exc:
-        problems.extend(_pydantic_problems(exc, Config, ""))
+        problems.extend(_pydantic_problems(exc, Config, "", secrets))
         # Report plugin option problems in the same run, not after the next fix.
-        for prefix, specs in _raw_plugin_lists(expanded):
-            _plugins(specs, prefix, registry, problems)
+        for at, specs in _raw_plugin_lists(expanded):
+            _plugins(specs, at, registry, problems, secrets)
         raise ConfigError(source, _once_per_unset_variable(env_problems, problems)) from None
-    global_plugins = tuple(_plugins(config.plugins, "plugins", registry, problems))
+    global_plugins = tuple(_plugins(config.plugins, ("plugins",), registry, problems, secrets))
     route_plugins = tuple(
-        tuple(_plugins(route.plugins, f"routes[{i}].plugins", registry, problems))
+        tuple(_plugins(route.plugins, ("routes", i, "plugins"), registry, problems, secrets))
         for i, route in enumerate(config.routes)
     )
     problems.extend(_cross_checks(config))
@@ -130,24 +131,26 @@ def _find_env_refs(value: Any, path: str, found: set[str]) -> None:
             _find_env_refs(item, f"{path}[{index}]", found)
 
 
-def _raw_plugin_lists(raw: Any) -> list[tuple[str, list[PluginSpec]]]:
+def _raw_plugin_lists(raw: Any) -> list[tuple[Loc, list[PluginSpec]]]:
     """The plugin lists of an invalid config that are themselves well-formed."""
     if not isinstance(raw, dict):
         return []
-    found: list[tuple[str, Any]] = [("plugins", raw.get("plugins"))]
+    found: list[tuple[Loc, Any]] = [(("plugins",), raw.get("plugins"))]
     routes = raw.get("routes")
     if isinstance(routes, list):
-        found += [(f"routes[{i}].plugins", r.get("plugins")) for i, r in enumerate(routes) if isinstance(r, dict)]
+        found += [(("routes", i, "plugins"), r.get("plugins")) for i, r in enumerate(routes) if isinstance(r, dict)]
     out = []
-    for prefix, specs in found:
+    for at, specs in found:
         if isinstance(specs, list) and all(isinstance(s, dict) and isinstance(s.get("use"), str) for s in specs):
-            out.append((prefix, [PluginSpec.model_validate(s) for s in specs]))
+            out.append((at, [PluginSpec.model_validate(s) for s in specs]))
     return out
 
 
 def _plugins(
-    specs: Sequence[PluginSpec], prefix: str, registry: Registry, problems: list[Problem]
+    specs: Sequence[PluginSpec], at: Loc, registry: Registry, problems: list[Problem], secrets: Collection[str]
 ) -> list[PluginUse]:
+    """Validate each plugin's options; ``at`` is where the list is (``("routes", 2, "plugins")``)."""
+    prefix = _location("", at)
     uses = []
     for index, spec in enumerate(specs):
         location = f"{prefix}[{index}] ({spec.use})"
@@ -159,7 +162,7 @@ def _plugins(
         try:
             options = cls.Config.model_validate(spec.options)
         except ValidationError as exc:
-            problems.extend(_pydantic_problems(exc, cls.Config, location))
+            problems.extend(_pydantic_problems(exc, cls.Config, location, secrets, (*at, index)))
             continue
         uses.append(PluginUse(spec.use, cls, options, location))
     return uses
@@ -266,10 +269,44 @@ def _path_problems(router: web.UrlDispatcher, route: RouteConfig, where: str) ->
     return problems
 
 
+# --- secrets in error messages -------------------------------------------------------
+
+
+def _secret_in_errors(loc: Loc, secrets: Collection[str]) -> bool:
+    """Secret fields, plus ``gateway.redis_url`` (a malformed URL cannot be partly hidden) and
+    anything whose raw value came from ``${ENV}``."""
+    if secret_field(loc) or loc[:2] == ("gateway", "redis_url"):
+        return True
+    return bool(secrets) and any(_location("", loc[:n]) in secrets for n in range(1, len(loc) + 1))
+
+
+class _Hidden:
+    """Stands for a secret in a message: its repr is ``'<redacted>'``."""
+
+    def __repr__(self) -> str:
+        return repr(REDACTED)
+
+
+def _shown(value: Any, loc: Loc, secrets: Collection[str]) -> Any:
+    """``value`` (found at ``loc``) as an error message may show it: secrets in it hidden."""
+    if _secret_in_errors(loc, secrets):
+        return _Hidden()
+    if isinstance(value, dict):
+        return {key: _shown(item, (*loc, key), secrets) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_shown(item, (*loc, index), secrets) for index, item in enumerate(value)]
+    return value
+
+
 # --- turning pydantic's errors into located, readable messages -------------------------
 
 
-def _pydantic_problems(exc: ValidationError, model: type[BaseModel], prefix: str) -> list[Problem]:
+def _pydantic_problems(
+    exc: ValidationError, model: type[BaseModel], prefix: str, secrets: Collection[str] = frozenset(),
+    at: Loc = (),
+) -> list[Problem]:
+    """One problem per location. ``at`` is where ``model`` sits in the config and ``secrets``
+    the locations whose values came from ``${ENV}``: values found there are never shown."""
     problems: list[Problem] = []
     seen: set[str] = set()
     for error in exc.errors():
@@ -278,7 +315,8 @@ def _pydantic_problems(exc: ValidationError, model: type[BaseModel], prefix: str
         if location in seen:
             continue
         seen.add(location)
-        problems.append((location, _message(error, model, loc)))
+        shown = _shown(error.get("input"), (*at, *loc), secrets)
+        problems.append((location, hide_url_passwords(_message(error, model, loc, shown))))
     return problems
 
 
@@ -292,7 +330,8 @@ def _location(prefix: str, loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def _message(error: Any, model: type[BaseModel], loc: tuple[int | str, ...]) -> str:
+def _message(error: Any, model: type[BaseModel], loc: tuple[int | str, ...], shown: Any) -> str:
+    """What is wrong; ``shown`` is the value as the message may show it (secrets hidden)."""
     kind = error["type"]
     ctx = error.get("ctx") or {}
     value = error.get("input")
@@ -305,27 +344,32 @@ def _message(error: Any, model: type[BaseModel], loc: tuple[int | str, ...]) -> 
         allowed = f"; allowed: {', '.join(known)}" if known and not close else ""
         return f"unknown key{hint}{allowed}"
     if kind == "greater_than" and ctx.get("gt") == 0 and isinstance(value, int):
-        return f"must be a positive integer, got {value!r}"
+        return f"must be a positive integer, got {shown!r}"
     if kind in ("int_type", "int_parsing", "int_from_float"):
-        return f"must be an integer, got {value!r}"
+        return f"must be an integer, got {shown!r}"
     if kind == "bool_type" or kind == "bool_parsing":
-        return f"must be true or false, got {value!r}"
+        return f"must be true or false, got {shown!r}"
     if kind == "string_type":
-        return f"must be a string, got {value!r}"
+        return f"must be a string, got {shown!r}"
     if kind == "list_type":
-        return f"must be an array, got {value!r}"
+        return f"must be an array, got {shown!r}"
     if kind in ("model_type", "dict_type", "model_attributes_type"):
-        return f"must be a table, got {value!r}"
+        return f"must be a table, got {shown!r}"
     if kind == "literal_error":
-        return f"must be one of {ctx.get('expected')}, got {value!r}"
+        return f"must be one of {ctx.get('expected')}, got {shown!r}"
     if kind == "too_short":
         return "must not be empty"
     if kind == "string_pattern_mismatch":
-        return f"must match {ctx.get('pattern')!r}, got {value!r}"
+        return f"must match {ctx.get('pattern')!r}, got {shown!r}"
     if kind in ("value_error", "assertion_error"):
-        return str(ctx.get("error", error["msg"]))
+        message = str(ctx.get("error", error["msg"]))
+        if isinstance(shown, _Hidden) and value is not None:  # a validator may quote what it got
+            message = message.replace(repr(value), repr(shown))
+            if len(str(value)) >= 4:
+                message = message.replace(str(value), REDACTED)
+        return message
     message = str(error["msg"])
-    return f"{message[:1].lower()}{message[1:]}, got {value!r}"
+    return f"{message[:1].lower()}{message[1:]}, got {shown!r}"
 
 
 def _fields_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
