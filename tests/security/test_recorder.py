@@ -1,0 +1,64 @@
+"""The check every security test ends with catches what it claims to catch."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.security.recorder import Received, Recorder, assert_no_private, assert_upstream_clean
+
+
+def _recorded(target: str, headers: list[tuple[str, str]] | None = None) -> Recorder:
+    recorder = Recorder()
+    recorder.requests.append(Received(f"GET {target} HTTP/1.1", headers or [("Host", "up")]))
+    return recorder
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        pytest.param("/public/../private/x", id="dotdot"),
+        pytest.param("/public/./x", id="dot"),
+        pytest.param("/public/%2e%2E/x", id="enc-dotdot"),
+        pytest.param("/public/..;/x", id="dotdot-semicolon"),
+        pytest.param("/public/..%3B/x", id="dotdot-enc-semicolon"),
+        pytest.param("/public/..%2Fx", id="dotdot-enc-slash"),
+        pytest.param("/public/x%5C..%5Cy", id="enc-backslash-dotdot"),
+        pytest.param("/public/x\\..\\y", id="backslash-dotdot"),
+        pytest.param("/private/x", id="private-without-consumer"),
+        pytest.param("/%70rivate/x", id="enc-private-without-consumer"),
+        pytest.param("http://h/public/x", id="absolute-form"),
+        pytest.param("//private/x", id="double-slash"),
+    ],
+)
+def test_dirty_targets_are_caught(target: str) -> None:
+    with pytest.raises(AssertionError):
+        assert_upstream_clean(_recorded(target))
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        pytest.param("/public/%252e%252e/private/x", id="double-encoded"),
+        pytest.param("/private./x", id="trailing-dot-name"),
+        pytest.param("/public/a.b/...", id="dots-in-names"),
+        pytest.param("/public/x?q=../..", id="dots-in-query"),
+        pytest.param("/", id="root"),
+    ],
+)
+def test_clean_targets_pass(target: str) -> None:
+    assert_upstream_clean(_recorded(target))
+
+
+def test_private_needs_the_gateways_consumer_header() -> None:
+    assert_upstream_clean(_recorded("/private/x", [("X-Consumer", "alice")]))
+    with pytest.raises(AssertionError):
+        assert_upstream_clean(_recorded("/private/x", [("X-Consumer", "admin")]))
+    with pytest.raises(AssertionError):
+        assert_no_private(_recorded("/private/x", [("X-Consumer", "alice")]))
+
+
+def test_underscore_header_names_are_caught_unless_allowed() -> None:
+    recorder = _recorded("/public/x", [("X_Foo", "1")])
+    with pytest.raises(AssertionError):
+        assert_upstream_clean(recorder)
+    assert_upstream_clean(recorder, underscores_allowed=True)
