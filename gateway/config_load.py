@@ -185,6 +185,7 @@ def _cross_checks(config: Config) -> list[Problem]:
                              "for the same methods, so this route would never be used"))
         else:
             problems.extend(_path_problems(router, route, where))
+            problems.extend(_unreachable_path(route.path, config.gateway.merge_slashes, where))
             claimed.update(((route.path, m), i) for m in route.method_list())
     for name, upstream in config.upstreams.items():
         if upstream.breaker is not None and upstream.breaker.shared and not config.gateway.redis_url:
@@ -267,6 +268,18 @@ def _path_problems(router: web.UrlDispatcher, route: RouteConfig, where: str) ->
             if name not in params:
                 problems.append((f"{where}.rewrite", f"{{{name}}} is not a parameter of path {route.path!r}"))
     return problems
+
+
+def _unreachable_path(path: str, merge_slashes: bool, where: str) -> list[Problem]:
+    """A route path that no normalized request path can match (docs/security.md)."""
+    segments = PATH_PARAM.sub("p", path).split("/")[1:]
+    if any(segment in (".", "..") for segment in segments):
+        return [(f"{where}.path", f"{path!r} has a '.' or '..' segment; requests are normalized before "
+                 "routing, so it would never match")]
+    if merge_slashes and "" in segments[:-1]:
+        return [(f"{where}.path", f"{path!r} has an empty segment ('//'); requests have their slashes merged "
+                 "before routing (gateway.merge_slashes), so it would never match")]
+    return []
 
 
 # --- secrets in error messages -------------------------------------------------------

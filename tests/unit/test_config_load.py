@@ -389,3 +389,43 @@ def test_shared_breaker_needs_a_redis_url() -> None:
     """
     assert "needs gateway.redis_url" in problems(text)["upstreams.u.breaker.shared"]
     load('[gateway]\nredis_url = "redis://127.0.0.1:6379"\n' + textwrap.dedent(text))
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("/a/../b", "has a '.' or '..' segment"),
+        ("/a/./{rest:.*}", "has a '.' or '..' segment"),
+        ("/a//b", "has an empty segment"),
+    ],
+)
+def test_a_route_path_no_normalized_request_can_match_is_an_error(path: str, message: str) -> None:
+    text = f"""
+[upstreams.u]
+targets = ["http://127.0.0.1:9"]
+[[routes]]
+name = "r"
+path = "{path}"
+upstream = "u"
+"""
+    with pytest.raises(ConfigError) as caught:
+        load_text(text, env={})
+    assert any(f"routes[0].path: {path!r} {message}" in line for line in caught.value.lines())
+
+
+def test_route_paths_with_dots_in_names_and_a_trailing_slash_are_fine() -> None:
+    text = """
+[gateway]
+merge_slashes = false
+[upstreams.u]
+targets = ["http://127.0.0.1:9"]
+[[routes]]
+name = "r"
+path = "/v1.2/.well-known/{file:.*}/"
+upstream = "u"
+[[routes]]
+name = "s"
+path = "/a//b"
+upstream = "u"
+"""
+    assert load_text(text, env={}).config.routes[1].path == "/a//b"
