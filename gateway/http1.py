@@ -10,11 +10,18 @@ Timeouts: ``connect`` (opening a connection), ``deadline`` (until the response h
 loop time) and ``idle`` (longest silence while the body streams). A reused connection the
 upstream had closed meanwhile is retried once on a fresh one for requests that can be sent
 again (RFC 9112 §9.3.1), as aiohttp does.
+
+Reuse: a connection goes back to the pool only after an answer framed exactly, and a parked
+connection that receives anything (a byte, or the end of the stream) is dropped the moment
+the event loop reports it; no read is attempted on the request path. HTTP/1.1 has no request
+ids, so bytes an upstream writes at the very instant a parked connection is taken again
+cannot be told from the answer to the new request; everything seen before that is.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import time
 from collections import deque
@@ -38,8 +45,28 @@ class _Stale(Exception):
     """A reused connection turned out closed before any byte of the answer came back."""
 
 
+class _Beyond(Exception):
+    """Raised from a parser callback to stop at bytes that lie beyond the framed answer."""
+
+
+# Where a connection is in its exchange. IDLE: no request in flight (fresh, or parked in the
+# pool): any byte received is stray. HEAD: waiting for the final response head (interim 1xx
+# answers are skipped). BODY: the body is arriving. DONE: the answer ended at its framing;
+# any byte beyond it is stray.
+_IDLE, _HEAD, _BODY, _DONE = 0, 1, 2, 3
+_TAIL = 64  # bytes of a read looked at to find where a run of CR/LF at its end begins
+
+
 class _Connection(asyncio.Protocol):
-    """One TCP (or TLS) connection to a target, carrying one exchange at a time."""
+    """One TCP (or TLS) connection to a target, carrying one exchange at a time.
+
+    A connection goes back to the pool only after an answer framed exactly: the final
+    response ended where its Content-Length or chunked framing (or, for HEAD, 1xx, 204 and
+    304, its head) says, and not one byte came after it. Bytes beyond the answer, in the same
+    read or later, a body on an answer that cannot have one, and any byte (or the end of the
+    stream) while the connection is parked close the connection; the current client keeps its
+    own, exactly framed answer.
+    """
 
     def __init__(self, pool: _TargetPool) -> None:
         self.pool = pool
@@ -48,7 +75,9 @@ class _Connection(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.reused = False
         self.closed = False
+        self.pooled = False
         self.idle_since = 0.0
+        self._state = _IDLE
         self._head: asyncio.Future[None] | None = None
         self._status = 0
         self._headers: CIMultiDict[str] = CIMultiDict()
@@ -61,6 +90,8 @@ class _Connection(asyncio.Protocol):
         self._paused = False
         self._got_bytes = False
         self._no_body = False
+        self._grace = False
+        self.sending = False
         self.keep_alive = True
 
     # -- asyncio.Protocol ------------------------------------------------------------------
@@ -69,24 +100,39 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        state = self._state
+        if state != _BODY and state != _HEAD:
+            self._stray()  # parked, or after the end of the answer: never parsed as an answer
+            return
         self._got_bytes = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(UpstreamReset("the upstream switched protocols unexpectedly"))
+            return
         except httptools.HttpParserError:
-            self._fail(UpstreamError("the upstream sent an invalid HTTP response"))
+            if self._state == _DONE:  # what follows the answer is not part of it
+                self._stray()
+            else:
+                self._fail(UpstreamError("the upstream sent an invalid HTTP response"))
+            return
+        if self._state == _DONE and self.keep_alive:
+            end = data[-1]
+            # A read that ends with neither CR nor LF holds no run of CR/LF after the answer; only
+            # a HEAD answer needs a closer look (llhttp reads on into a body it cannot be told of).
+            if (end == 10 or end == 13 or self._no_body) and not self._ends_exactly(data):
+                self._stray()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.pool.forget(self)
-        if self._head is not None and not self._head.done():
+        state = self._state
+        if state == _HEAD:
             self._fail(_Stale() if self.reused and not self._got_bytes else
                        UpstreamReset("the upstream closed the connection without answering"))
-        elif not self._complete:
+        elif state == _BODY:
             if exc is None and self._until_close():
-                self._complete = True  # the body was delimited by the end of the connection
-                self._wake()
+                self._message_done()  # the body was delimited by the end of the connection
             else:
                 self._fail(UpstreamReset("the upstream closed the connection mid-answer"))
         if self._drained is not None and not self._drained.done():
@@ -102,6 +148,10 @@ class _Connection(asyncio.Protocol):
 
     # -- httptools callbacks -------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self._state == _DONE:
+            raise _Beyond  # a second answer to one request
+
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._status:  # a trailer field after a chunked body: not forwarded (hop-by-hop framing)
             return
@@ -109,18 +159,30 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
-        if 100 <= status < 200:  # an interim answer (100 Continue): wait for the real one
+        if status < 200:  # an interim answer (100 Continue): wait for the real one (101 fails)
             self._headers = CIMultiDict()
             return
         self._status = status
-        self.keep_alive = self.parser.should_keep_alive()
+        keep_alive = self.keep_alive and self.parser.should_keep_alive()
+        if keep_alive and (self.sending or (self.transport is not None and self.transport.get_write_buffer_size())):
+            keep_alive = False  # answered before the whole request was sent: the rest is unread
+        self.keep_alive = keep_alive
         if self._head is not None and not self._head.done():
             self._head.set_result(None)
         if self._no_body:  # HEAD: llhttp cannot be told, so the answer ends with its head
+            length = self._headers.get("Content-Length")
+            # llhttp ends the message itself when it expects no body: allow that one completion
+            self._grace = status == 204 or status == 304 or (length is not None and length.isdigit()
+                                                             and int(length) == 0)
             self._message_done()
+        else:
+            self._state = _BODY
 
     def on_body(self, body: bytes) -> None:
-        if self._complete:
+        if self._state != _BODY:
+            if self._state == _DONE:
+                raise _Beyond  # a body on an answer to HEAD
+            self.keep_alive = False  # a body on an interim 1xx answer: dropped, and so is the connection
             return
         self._chunks.append(body)
         self._buffered += len(body)
@@ -130,12 +192,22 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
-        if not self._complete and self._status:
+        state = self._state
+        if state == _BODY:
+            if self._paused:
+                # Reading is paused: whatever follows the answer waits unseen in the socket, so the
+                # connection cannot be shown clean before it is parked.
+                self.keep_alive = False
             self._message_done()
+        elif state == _DONE:
+            if not self._grace:
+                raise _Beyond  # the rest of a HEAD answer's announced body
+            self._grace = False
 
     # -- one exchange --------------------------------------------------------------------
 
     def _message_done(self) -> None:
+        self._state = _DONE
         self._complete = True
         self._wake()
 
@@ -143,13 +215,40 @@ class _Connection(asyncio.Protocol):
         return (self._status != 0 and "Content-Length" not in self._headers
                 and "chunked" not in self._headers.get("Transfer-Encoding", "").lower())
 
+    def _ends_exactly(self, data: bytes) -> bool:
+        """Whether the answer that ended inside ``data`` ended at its last byte.
+
+        llhttp reports any byte after the end of an answer through a callback or an error,
+        except CR and LF, which it skips between messages; so what is left to rule out is a run
+        of CR/LF after the end. An answer that ends with its head or a chunked body ends with
+        exactly CRLF CRLF (llhttp requires CRLF line ends, and no line of a head is empty), one
+        framed by Content-Length ends with its last body bytes. Undecidable cases (a read that
+        is all CR/LF) count as not exact: the connection is closed, never misused.
+        """
+        headers = self._headers
+        if (self._no_body or self._status == 204 or self._status == 304 or "Transfer-Encoding" in headers
+                or headers.get("Content-Length") == "0"):
+            return _crlf_run(data) == 4
+        last = self._chunks[-1] if self._chunks else b""
+        if not last:
+            return False
+        run = _crlf_run(last)
+        return run >= 0 and _crlf_run(data) == run
+
+    def _stray(self) -> None:
+        """Bytes that belong to no request: this connection is never used again."""
+        self.keep_alive = False
+        if self.pooled:
+            self.pool.drop(self)
+        self.abort()
+
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
     def _fail(self, error: BaseException) -> None:
-        if self._complete:  # the answer is whole: only the connection is lost
+        if self._complete or self._error is not None:  # the answer is whole, or already failed
             self.keep_alive = False
             self.abort()
             return
@@ -168,19 +267,18 @@ class _Connection(asyncio.Protocol):
 
     def start(self, head_only: bool) -> asyncio.Future[None]:
         """Reset the exchange state and return the future of the response head."""
-        if self._paused and self.transport is not None:  # an answer released unread left it paused
-            self._paused = False
-            self.transport.resume_reading()
         self.parser = httptools.HttpResponseParser(self)
+        self._state = _HEAD
         self._head = self.loop.create_future()
         self._status = 0
         self._headers = CIMultiDict()
-        self._chunks.clear()
         self._buffered = 0
         self._complete = False
         self._error = None
         self._got_bytes = False
         self._no_body = head_only
+        self._grace = False
+        self.sending = False
         self.keep_alive = True
         return self._head
 
@@ -188,19 +286,22 @@ class _Connection(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
-        async for chunk in chunks:
-            if self.closed:
-                return  # the upstream is gone (or answered and hung up): stop reading the client
-            if not chunk:
-                continue
-            if chunked:
-                transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
-            else:
-                transport.write(chunk)
-            if self._drained is not None:
-                await self._drained
-        if chunked:
-            transport.write(b"0\r\n\r\n")
+        try:
+            async for chunk in chunks:
+                if self.closed:
+                    return  # the upstream is gone (or answered and hung up): stop reading the client
+                if not chunk:
+                    continue
+                if chunked:
+                    transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+                else:
+                    transport.write(chunk)
+                if self._drained is not None:
+                    await self._drained
+            if chunked and not self.closed:
+                transport.write(b"0\r\n\r\n")
+        finally:
+            self.sending = False
 
     def body_written(self, task: asyncio.Task[None]) -> None:
         """The request body's writer ended: a failure (the client's body broke off or was too
@@ -238,7 +339,17 @@ class _Connection(asyncio.Protocol):
 
     @property
     def reusable(self) -> bool:
-        return self._complete and self.keep_alive and not self.closed and self._error is None
+        return self._state == _DONE and self.keep_alive and not self.closed and self._error is None
+
+
+def _crlf_run(data: bytes) -> int:
+    """How many CR/LF bytes end ``data``; -1 when its last _TAIL bytes are all CR/LF."""
+    last = data[-1]
+    if last != 10 and last != 13:
+        return 0
+    tail = data[-_TAIL:]
+    kept = len(tail.rstrip(b"\r\n"))
+    return len(tail) - kept if kept else -1
 
 
 class Http1Response:
@@ -261,6 +372,16 @@ class Http1Response:
     async def __aiter__(self) -> AsyncIterator[bytes]:
         while (chunk := await self._conn.next_chunk(self._idle)) is not None:
             yield chunk
+
+    def whole(self) -> bytes | None:
+        """The whole body when it has already arrived (without waiting), else None."""
+        conn = self._conn
+        if not conn._complete or conn._error is not None:
+            return None
+        body = b"".join(conn._chunks)
+        conn._chunks.clear()
+        conn._buffered = 0
+        return body
 
     async def read(self) -> bytes:
         conn = self._conn
@@ -305,6 +426,7 @@ class _TargetPool:
         now = time.monotonic()
         while self.idle:
             conn = self.idle.pop()
+            conn.pooled = False
             if conn.closed or now - conn.idle_since > IDLE_KEEPALIVE:
                 conn.abort()
                 continue
@@ -334,22 +456,46 @@ class _TargetPool:
         return conn
 
     def put(self, conn: _Connection) -> None:
+        """Park a connection: unread body dropped, reading on, so stray bytes are seen at once."""
+        conn._state = _IDLE
+        if conn._chunks:
+            conn._chunks.clear()
+        conn._buffered = 0
+        if conn._paused and conn.transport is not None:  # an answer released unread left it paused
+            conn._paused = False
+            conn.transport.resume_reading()
         conn.idle_since = time.monotonic()
+        conn.pooled = True
         self.idle.append(conn)
         if len(self.idle) > MAX_IDLE:
-            self.idle.pop(0).abort()
+            self._evict(self.idle.pop(0))
+
+    def drop(self, conn: _Connection) -> None:
+        """Take a parked connection out of the pool (it received bytes or was closed)."""
+        if conn.pooled:
+            conn.pooled = False
+            with contextlib.suppress(ValueError):
+                self.idle.remove(conn)
+
+    @staticmethod
+    def _evict(conn: _Connection) -> None:
+        conn.pooled = False
+        conn.abort()
 
     def sweep(self, now: float) -> None:
         """Close idle connections older than IDLE_KEEPALIVE (the oldest are first)."""
         while self.idle and (self.idle[0].closed or now - self.idle[0].idle_since > IDLE_KEEPALIVE):
-            self.idle.pop(0).abort()
+            self._evict(self.idle.pop(0))
 
     def forget(self, conn: _Connection) -> None:
         self.open.discard(conn)
+        self.drop(conn)
 
     def close(self) -> None:
         for conn in list(self.open):
             conn.abort()
+        for conn in self.idle:
+            conn.pooled = False
         self.idle.clear()
 
 
@@ -409,6 +555,7 @@ class Http1Client:
             transport.writelines((head, body))
         else:
             transport.write(head)
+            conn.sending = True
             writer = loop.create_task(conn.write_body(body, chunked))  # type: ignore[arg-type]
             writer.add_done_callback(conn.body_written)
         timers: list[asyncio.TimerHandle] = []

@@ -92,7 +92,7 @@ async def test_request_head_is_exact() -> None:
     await client.close()
 
 
-async def test_a_kept_alive_connection_closed_by_the_upstream_is_retried_for_get() -> None:
+async def test_a_kept_alive_connection_closed_by_the_upstream_while_idle_is_not_reused() -> None:
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_head(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")  # keep-alive, then hang up
@@ -102,8 +102,35 @@ async def test_a_kept_alive_connection_closed_by_the_upstream_is_retried_for_get
     async with raw_server(serve) as (target, connections):
         assert (await call(client, target))[2] == b"ok"
         await asyncio.sleep(0.05)  # the upstream's close arrives while the connection is idle
+        assert not client._pools[target].idle  # dropped as soon as it was seen
         assert (await call(client, target))[2] == b"ok"
         assert len(connections) == 2
+    await client.close()
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+async def test_a_reused_connection_closed_before_answering_is_retried_once_for_get(method: str) -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(connections) == 1:
+            await read_head(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+            await read_head(reader)  # the second request: closed without an answer
+            return
+        while True:
+            await read_head(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh")
+            await writer.drain()
+
+    client = Http1Client()
+    async with raw_server(serve) as (target, connections):
+        assert (await call(client, target))[2] == b"ok"
+        if method == "GET":
+            assert (await call(client, target))[2] == b"fresh"
+            assert len(connections) == 2
+        else:  # not replayable: the client learns the upstream hung up
+            with pytest.raises(UpstreamReset):
+                await call(client, target, "POST", b"x")
     await client.close()
 
 
