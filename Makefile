@@ -32,7 +32,8 @@ test-only: venv
 ## fuzz: the property-based tests with many more examples (HYPOTHESIS_PROFILE=fuzz: 20000 each)
 fuzz: venv
 	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q -p no:cacheprovider --hypothesis-show-statistics \
-	  tests/unit/test_normalize.py tests/unit/test_hygiene.py tests/unit/test_orch_engine.py
+	  tests/unit/test_normalize.py tests/unit/test_hygiene.py tests/unit/test_orch_engine.py \
+	  tests/unit/test_json_bounds.py tests/integration/test_upstream_framing.py
 
 ## promtool checks /metrics in the tests; it comes from Debian's prometheus package
 promtool:

@@ -82,6 +82,7 @@ def admin_app(source: AdminSource) -> web.Application:
         return web.Response(text=status_page(source), content_type="text/html")
 
     app = web.Application(middlewares=[admin_guard(lambda: source.current_config().config.gateway)])
+    app.on_response_prepare.append(_no_server_header)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -204,6 +205,11 @@ def _problem(error: GatewayError) -> web.Response:
 
 
 # --- /config ------------------------------------------------------------------------------
+
+
+async def _no_server_header(_: web.Request, response: web.StreamResponse) -> None:
+    """The gateway announces no software version, on the admin port either."""
+    response.headers.popall("Server", None)
 
 
 def redacted_config(loaded: LoadedConfig) -> Any:

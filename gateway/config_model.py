@@ -88,6 +88,10 @@ class GatewaySettings(Strict):
     max_body_bytes: Size = 10 * 1024 * 1024
     drain_timeout: Duration = 20.0
     client_body_timeout: Duration = 60.0  # longest silence while a client sends its body: 408
+    header_timeout: Duration = 10.0  # request line + headers must arrive within it (slowloris)
+    keepalive_timeout: Duration = 75.0  # idle keep-alive client connections are closed after it
+    max_connections: PositiveInt = 10_000  # open client connections per process; beyond it new ones are refused
+    max_json_depth: PositiveInt = 64  # nesting of JSON the gateway parses (orchestration bodies, answers)
     trusted_proxies: list[Cidr] = Field(default_factory=list)
     redis_url: str = ""
     # Request hygiene (docs/security.md): what the router sees is what the upstream gets.

@@ -9,6 +9,7 @@
     ├── MethodNotAllowed         405 (+ Allow)
     ├── RequestTimeout           408 (the client's body stalled)
     ├── PayloadTooLarge          413
+    ├── UriTooLong               414
     ├── HeadersTooLarge          431
     ├── UpstreamError            502 (unusable answer)
     │   ├── UpstreamConnectError     refused, unreachable: nothing was sent
@@ -88,6 +89,10 @@ class RequestTimeout(GatewayError):
 
 class PayloadTooLarge(GatewayError):
     status, title, slug = 413, "Content Too Large", "payload-too-large"
+
+
+class UriTooLong(GatewayError):
+    status, title, slug = 414, "URI Too Long", "uri-too-long"
 
 
 class HeadersTooLarge(GatewayError):

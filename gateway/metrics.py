@@ -23,6 +23,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 import gateway
 
 UNMATCHED = "_unmatched"
+MALFORMED = "_malformed"  # requests the HTTP parser rejected
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"})
 REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 # ``*_created`` series double the output and are rarely queried; gateways usually omit them.
@@ -75,6 +76,9 @@ class Metrics:
             ["route", "step"], buckets=REQUEST_BUCKETS, registry=r)
         self.inflight = Gauge(
             "gateway_inflight_requests", "Requests being handled now.", ["route"],
+            multiprocess_mode="livesum", registry=r)
+        self.client_connections = Gauge(
+            "gateway_client_connections", "Open client connections on the public listener.",
             multiprocess_mode="livesum", registry=r)
         self.auth_failures = Counter(
             "gateway_auth_failures_total", "Requests refused by an auth plugin.",

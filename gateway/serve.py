@@ -15,7 +15,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from gateway.admin import AdminSource, admin_app
 from gateway.client import new_session
 from gateway.config_load import ConfigError, LoadedConfig, load_config
-from gateway.metrics import Metrics, render
+from gateway.connections import BoundedServer, ConnectionLimits
+from gateway.metrics import MALFORMED, Metrics, RequestMetrics, render
 from gateway.plugin import ClientHolder
 from gateway.runtime import Runtime
 from gateway.server import Edge
@@ -51,6 +52,8 @@ class GatewayProcess(AdminSource):
         self.client = ClientHolder()
         self.runtime = Runtime(loaded, self.metrics, self.client)
         self.edge = Edge(self.runtime)
+        self.limits = ConnectionLimits.of(
+            loaded.config.gateway, self.metrics.client_connections, RequestMetrics(self.metrics, MALFORMED))
         self.draining = False
         self.started = False
         self.last_reload: tuple[float, str] | None = None
@@ -66,8 +69,8 @@ class GatewayProcess(AdminSource):
         self._sweeper = asyncio.get_running_loop().create_task(self.client.http1.sweep_forever())
         await self.runtime.start()
         settings = self.loaded.config.gateway
-        server = web.Server(
-            self.edge, handler_cancellation=True, auto_decompress=False, access_log=None,
+        server = BoundedServer(
+            self.edge, self.limits, handler_cancellation=True, auto_decompress=False, access_log=None,
         )
         self._runner = web.ServerRunner(server, shutdown_timeout=settings.drain_timeout, handle_signals=False)
         await self._runner.setup()
@@ -115,6 +118,7 @@ class GatewayProcess(AdminSource):
                 return self._reload_failed(f"{self.loaded.source}: startup failed: {exc}")
             old, self.runtime, self.loaded = self.runtime, runtime, loaded
             self.edge.runtime = runtime
+            self.limits.update(loaded.config.gateway)
             if self.count_reloads:
                 self.metrics.config_reloads.labels("success").inc()
             self.last_reload = (time.time(), "success")

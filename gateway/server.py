@@ -20,27 +20,30 @@ from gateway.runtime import CompiledRoute, Runtime
 
 log = logging.getLogger("gateway.server")
 
-SMALL_BODY = 64 * 1024
 CLIENT_CLOSED = 499  # nginx's code for "client went away before the answer"
 
 
-class _KeepType:
-    """Do not invent a Content-Type the upstream (or plugin) did not send."""
+class _AsGiven:
+    """Send the headers given: no Content-Type the upstream (or plugin) did not send, and no
+    ``Server`` header of the gateway's own (an upstream's passes through)."""
 
     async def _prepare_headers(self) -> None:
         headers = self._headers  # type: ignore[attr-defined]
         had_type = hdrs.CONTENT_TYPE in headers
+        had_server = hdrs.SERVER in headers
         await super()._prepare_headers()  # type: ignore[misc]
         if not had_type:
             headers.popall(hdrs.CONTENT_TYPE, None)
+        if not had_server:
+            headers.popall(hdrs.SERVER, None)
 
 
-class _Streamed(_KeepType, web.StreamResponse):
-    pass
+class Streamed(_AsGiven, web.StreamResponse):
+    """A streamed response sent with exactly the headers given."""
 
 
-class _Whole(_KeepType, web.Response):
-    pass
+class Whole(_AsGiven, web.Response):
+    """A whole response sent with exactly the headers given."""
 
 
 class Edge:
@@ -136,14 +139,16 @@ class Edge:
         stream = response.stream
         if stream is None:
             headers.popall(hdrs.CONTENT_LENGTH, None)
-            return _Whole(status=response.status, headers=headers, body=response.body)
+            return Whole(status=response.status, headers=headers, body=response.body)
         try:
-            length = getattr(stream, "length", None)
-            if length is not None and length <= SMALL_BODY and raw.method != "HEAD":
-                body = await stream.read()  # type: ignore[attr-defined]
+            # A body that has already arrived whole goes out in one write; anything else is
+            # streamed as it comes, so a slow upstream never holds the headers back.
+            whole = getattr(stream, "whole", None)
+            body = whole() if whole is not None and raw.method != "HEAD" else None
+            if body is not None:
                 headers.popall(hdrs.CONTENT_LENGTH, None)
-                return _Whole(status=response.status, headers=headers, body=body)
-            out = _Streamed(status=response.status, headers=headers)
+                return Whole(status=response.status, headers=headers, body=body)
+            out = Streamed(status=response.status, headers=headers)
             await out.prepare(raw)
             try:
                 async for chunk in stream:
@@ -164,7 +169,7 @@ class Edge:
     def _problem_after_error(self, exc: GatewayError, route: str | None, request_id: str) -> web.StreamResponse:
         response = error_response(exc, route, request_id)
         response.headers["X-Request-ID"] = request_id
-        return _Whole(status=response.status, headers=response.headers, body=response.body)
+        return Whole(status=response.status, headers=response.headers, body=response.body)
 
 
 def _continue_sender(raw: web.BaseRequest) -> Callable[[], None] | None:

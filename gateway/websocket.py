@@ -32,7 +32,7 @@ class WebSocketTunnel:
     async def accept(self, raw: Any) -> web.StreamResponse:
         """Complete the client's upgrade on ``raw`` (an aiohttp request) and relay messages."""
         protocols = (self.upstream.protocol,) if self.upstream.protocol else ()
-        client = web.WebSocketResponse(protocols=protocols, max_msg_size=self.max_msg_size)
+        client = _QuietWebSocket(protocols=protocols, max_msg_size=self.max_msg_size)
         await client.prepare(raw)
         upstream = self.upstream
         relays = [asyncio.ensure_future(_relay(client, upstream)), asyncio.ensure_future(_relay(upstream, client))]
@@ -86,3 +86,11 @@ async def open_websocket(session: aiohttp.ClientSession, request: UpstreamReques
     response = Response(101, source="upstream")
     response.upgrade = WebSocketTunnel(upstream, max_msg_size)
     return response
+
+
+class _QuietWebSocket(web.WebSocketResponse):
+    """The client side of a proxied WebSocket, with no Server header of the gateway's own."""
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        self._headers.popall("Server", None)
