@@ -120,7 +120,8 @@ class Runtime:
         if plan is not None:
             stacks = {name: self.upstreams[name].stack(route.name, self.metrics) for name in plan.upstreams}
             caller = UpstreamCaller(stacks, route.name, self.settings.max_body_bytes)
-            return OrchestrationTerminal(route.name, plan, caller, budget, self.metrics)
+            return OrchestrationTerminal(route.name, plan, caller, budget, self.metrics,
+                                         self.settings.max_json_depth)
         upstream_name = route.upstream or ""
         upstream = self.upstreams[upstream_name]
         return ProxyTerminal(

@@ -130,6 +130,15 @@ def describe(exc: Exception) -> tuple[Reason, str]:
     return "invalid", "the token is not valid"
 
 
+def is_text(value: str) -> bool:
+    """Whether ``value`` is valid Unicode text (JSON escapes can make lone surrogates)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def header_value(value: Any) -> str:
     """A claim as a header value: strings as they are, anything else as compact JSON."""
     if isinstance(value, str):
@@ -189,9 +198,11 @@ class JwtAuth(AuthPlugin[JwtConfig]):
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             self.reject(request, "missing", "a Bearer token is required")
+        if not token.isascii():  # base64url and dots only; raw bytes arrive as lone surrogates
+            self._fail(request, "invalid", "the token is malformed")
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
+        except (jwt.PyJWTError, ValueError):
             self._fail(request, "invalid", "the token is malformed")
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self._allowed:
@@ -199,6 +210,8 @@ class JwtAuth(AuthPlugin[JwtConfig]):
         claims = await self._verify(request, token, alg, header.get("kid"))
         sub = claims.get("sub")
         sub = sub if isinstance(sub, str) and sub else None
+        if sub is not None and not is_text(sub):
+            self._fail(request, "invalid", "the token's subject is not valid Unicode text")
         consumer = self._subjects.get(sub) if sub is not None else None
         subject: str | None = None
         if consumer is None:
@@ -211,7 +224,7 @@ class JwtAuth(AuthPlugin[JwtConfig]):
             request.headers.popall(name, None)  # a client never sets these itself
             if claim in claims:
                 value = header_value(claims[claim])
-                if safe_header_value(value):
+                if safe_header_value(value) and is_text(value):
                     request.headers[name] = value
         if self.config.hide_credentials:
             request.headers.popall("Authorization", None)

@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from gateway.config_model import StepConfig
+from gateway.orchestration.bounded import DEFAULT_MAX_DEPTH, BadJson, loads_bounded
 from gateway.orchestration.callers import SessionCaller, UpstreamCaller
 from gateway.orchestration.engine import (
     Orchestrator,
@@ -39,10 +40,12 @@ from gateway.orchestration.shaping import Shape
 from gateway.orchestration.templates import Scope
 
 
-def orchestrator_from_steps(steps: Sequence[Mapping[str, Any]], **options: Any) -> Orchestrator:
+def orchestrator_from_steps(steps: Sequence[Mapping[str, Any]], *, max_json_depth: int = DEFAULT_MAX_DEPTH,
+                            **options: Any) -> Orchestrator:
     """An Orchestrator from step tables shaped like ``[[routes.steps]]`` in routes.toml.
 
-    ``options`` are the route's ``merge``, ``arrays``, ``errors_key`` and ``status``.
+    ``options`` are the route's ``merge``, ``arrays``, ``errors_key`` and ``status``; a step's
+    answer nested deeper than ``max_json_depth`` fails that step.
     Raises PlanError (with locations such as ``steps[1].path``) for invalid steps.
     """
     configs = []
@@ -54,10 +57,11 @@ def orchestrator_from_steps(steps: Sequence[Mapping[str, Any]], **options: Any) 
             problems += [(f"steps[{index}]." + ".".join(map(str, e["loc"])), e["msg"]) for e in exc.errors()]
     if problems:
         raise PlanError(problems)
-    return Orchestrator(build_plan(configs, **options))
+    return Orchestrator(build_plan(configs, **options), max_json_depth=max_json_depth)
 
 
 __all__ = [
-    "Orchestrator", "Plan", "PlanError", "Result", "Scope", "SessionCaller", "Shape", "StepCall", "StepCaller",
-    "StepFailed", "StepReply", "StepResult", "UpstreamCaller", "build_plan", "merge", "orchestrator_from_steps",
+    "DEFAULT_MAX_DEPTH", "BadJson", "Orchestrator", "Plan", "PlanError", "Result", "Scope", "SessionCaller", "Shape",
+    "StepCall", "StepCaller", "StepFailed", "StepReply", "StepResult", "UpstreamCaller", "build_plan",
+    "loads_bounded", "merge", "orchestrator_from_steps",
 ]

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from gateway.errors import GatewayError
+from gateway.orchestration.bounded import DEFAULT_MAX_DEPTH, BadJson, loads_bounded
 from gateway.orchestration.merge import NotAnObject, merge
 from gateway.orchestration.plan import Plan, StepPlan
 from gateway.orchestration.templates import (
@@ -105,11 +106,16 @@ class Result:
 
 
 class Orchestrator:
-    """Runs one plan; holds no per-request state, so one instance serves every request."""
+    """Runs one plan; holds no per-request state, so one instance serves every request.
 
-    def __init__(self, plan: Plan, observer: StepObserver | None = None) -> None:
+    A step's answer nested deeper than ``max_json_depth`` fails that step.
+    """
+
+    def __init__(self, plan: Plan, observer: StepObserver | None = None, *,
+                 max_json_depth: int = DEFAULT_MAX_DEPTH) -> None:
         self.plan = plan
         self.observer = observer
+        self.max_json_depth = max_json_depth
 
     async def run(
         self,
@@ -132,6 +138,7 @@ class _Run:
                  deadline: float, headers: dict[str, str]) -> None:
         self.plan = owner.plan
         self.observer = owner.observer
+        self.max_depth = owner.max_json_depth
         self.call = call
         self.loop = loop
         self.deadline = deadline
@@ -309,9 +316,7 @@ class _Run:
         except MissingStepData as exc:
             raise StepFailed(502, str(exc)) from None
         except UnsafeValue as exc:
-            if exc.from_client:
-                raise BadClientInput(str(exc)) from None
-            raise StepFailed(502, str(exc)) from None
+            raise _refusal(exc) from None
         deadline = self.deadline
         if step.timeout is not None:
             deadline = min(deadline, self.loop.time() + step.timeout)
@@ -326,7 +331,7 @@ class _Run:
             raise StepFailed(504, f"no answer within the step's timeout ({step.timeout:g}s)") from None
         except GatewayError as exc:
             raise StepFailed(exc.status, exc.detail) from None
-        return decode_reply(reply)
+        return decode_reply(reply, self.max_depth)
 
     def _observe(self, step: str, outcome: Outcome, seconds: float) -> None:
         if self.observer is not None:
@@ -339,10 +344,20 @@ def _holds(when: Template, scope: Scope) -> bool:
         return truthy(when.value(scope))
     except LookupError:
         return False
+    except UnsafeValue as exc:
+        raise _refusal(exc) from None
 
 
-def decode_reply(reply: StepReply) -> Any:
-    """A step's answer as JSON: any 2xx with a JSON body; 204 gives null; anything else fails."""
+def _refusal(exc: UnsafeValue) -> BadClientInput | StepFailed:
+    """A value that may not be sent: the client's request is bad (400), or a step's answer."""
+    if exc.from_client:
+        return BadClientInput(str(exc))
+    return StepFailed(502, str(exc))
+
+
+def decode_reply(reply: StepReply, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
+    """A step's answer as JSON: any 2xx with a JSON body; 204 gives null; anything else fails,
+    and so does JSON nested deeper than ``max_depth``, invalid UTF-8 or a lone surrogate."""
     if not 200 <= reply.status < 300:
         raise StepFailed(reply.status, f"the upstream answered {reply.status}", from_upstream=True)
     if reply.status == 204:
@@ -351,8 +366,8 @@ def decode_reply(reply: StepReply) -> Any:
     if kind and kind != "application/json" and not kind.endswith("+json"):
         raise StepFailed(502, f"the upstream answered {kind}, not JSON")
     try:
-        return json.loads(reply.body)
-    except ValueError:
-        raise StepFailed(502, "the upstream's answer is not valid JSON") from None
+        return loads_bounded(reply.body, max_depth)
+    except BadJson as exc:
+        raise StepFailed(502, f"the upstream's answer {exc}") from None
 
 

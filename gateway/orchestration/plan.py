@@ -73,6 +73,11 @@ class Plan:
         return any(ref.source == "body" for step in self.steps for ref in _all_refs(step))
 
     @property
+    def reads_path(self) -> bool:
+        """Whether any template reads a path parameter."""
+        return any(ref.source == "path" for step in self.steps for ref in _all_refs(step))
+
+    @property
     def upstreams(self) -> set[str]:
         return {step.upstream for step in self.steps}
 

@@ -6,7 +6,9 @@ A value that is missing never becomes a literal ``{...}``: rendering raises
 ``MissingInput`` (the client's request lacks it: 400) or ``MissingStepData`` (a step's
 answer lacks it: that step fails). Rendering with ``guard`` refuses values from those
 sources that would put a ``.`` or ``..`` segment into a path however they are decoded
-(``UnsafeValue``; the same guard as a proxy route's ``rewrite``).
+(``UnsafeValue``; the same guard as a proxy route's ``rewrite``). A value that is not
+valid Unicode text (a lone surrogate: invalid UTF-8 in a header or query, a ``"\udcff"``
+escape in JSON) is refused from every source (``UnsafeValue`` too).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 from urllib.parse import quote
 
 from gateway.normalize import has_dot_segment
+from gateway.orchestration.bounded import has_lone_surrogate, is_text
 
 CLIENT_SOURCES = frozenset({"path", "query", "header", "body", "consumer"})
 RESERVED = CLIENT_SOURCES | {"item"}
@@ -38,11 +41,16 @@ class MissingStepData(LookupError):
     """A step's answer lacks a value a template needs."""
 
 
-class UnsafeValue(ValueError):
-    """A value would put a ``.`` or ``..`` segment into what is sent upstream."""
+DOT_SEGMENT = "may not contain '.' or '..' segments"
+NOT_TEXT = "is not valid Unicode text (invalid UTF-8 or a lone surrogate)"
 
-    def __init__(self, ref: Ref) -> None:
-        super().__init__(f"the value of {ref} may not contain '.' or '..' segments")
+
+class UnsafeValue(ValueError):
+    """A value may not be sent upstream: it would put a ``.`` or ``..`` segment into a path,
+    or it is not valid Unicode text."""
+
+    def __init__(self, ref: Ref, why: str = DOT_SEGMENT) -> None:
+        super().__init__(f"the value of {ref} {why}")
         self.ref = ref
 
     @property
@@ -104,13 +112,16 @@ class Template:
     def render(self, scope: Scope, encode: Callable[[str], str] = lambda s: s,
                guard: frozenset[str] = frozenset()) -> str:
         """The template as text, each value passed through ``encode`` (e.g. URL quoting);
-        values from a source in ``guard`` may not carry a dot segment (UnsafeValue)."""
+        values from a source in ``guard`` may not carry a dot segment, and no value may be
+        invalid text (UnsafeValue)."""
         out = []
         for part in self.parts:
             if isinstance(part, str):
                 out.append(part)
                 continue
             text = to_text(scope.lookup(part))
+            if not is_text(text):
+                raise UnsafeValue(part, NOT_TEXT)
             if part.source in guard and has_dot_segment(text):
                 raise UnsafeValue(part)
             out.append(encode(text))
@@ -122,6 +133,8 @@ class Template:
         if ref is None:
             return self.render(scope, guard=guard)
         value = scope.lookup(ref)
+        if has_lone_surrogate(value):
+            raise UnsafeValue(ref, NOT_TEXT)
         if ref.source in guard and _any_dot_segment(value):
             raise UnsafeValue(ref)
         return value
