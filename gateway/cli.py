@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
 
 from gateway.config_load import ConfigError, LoadedConfig, load_config
+from gateway.config_model import MAX_WORKERS, listen_problem
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -65,6 +67,19 @@ def _load(path: str) -> LoadedConfig | None:
 
 
 def _check(args: argparse.Namespace) -> int:
+    # Warnings (a config that loads but most likely does not mean it) go to stderr.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    handler.setLevel(logging.WARNING)
+    logger = logging.getLogger("gateway")
+    logger.addHandler(handler)
+    try:
+        return _validate(args)
+    finally:
+        logger.removeHandler(handler)
+
+
+def _validate(args: argparse.Namespace) -> int:
     loaded = _load(args.config)
     if loaded is None:
         return 1
@@ -109,9 +124,24 @@ def _routes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _option_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the options of ``gateway run`` that override the config."""
+    if args.listen is not None and (problem := listen_problem(args.listen)):
+        return f"--listen: {problem}, got {args.listen!r}"
+    if args.admin_listen and (problem := listen_problem(args.admin_listen)):
+        return f"--admin-listen: {problem}, got {args.admin_listen!r}"
+    if args.workers is not None and not 1 <= args.workers <= MAX_WORKERS:
+        return f"--workers: must be from 1 to {MAX_WORKERS}, got {args.workers}"
+    return None
+
+
 def _run(args: argparse.Namespace) -> int:
     from gateway import logs
 
+    problem = _option_problem(args)
+    if problem is not None:
+        print(f"gateway: {problem}", file=sys.stderr)
+        return 1
     logs.setup(args.log_format, args.log_level)
     loaded = _load(args.config)
     if loaded is None:

@@ -3,6 +3,8 @@ once with its location (``routes[2].plugins[1] (rate_limit).limit: ...``)."""
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import os
 import tomllib
 import types
@@ -15,7 +17,8 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from gateway.config_model import PATH_PARAM, Config, PluginSpec, RouteConfig
+from gateway import path_regex
+from gateway.config_model import PATH_PARAM, BadValue, Config, PluginSpec, RouteConfig
 from gateway.envsubst import expand
 from gateway.hints import closest, unknown
 from gateway.orchestration.plan import Plan, PlanError, build_plan
@@ -24,6 +27,8 @@ from gateway.redaction import REDACTED, Loc, hide_url_passwords, secret_field
 from gateway.registry import PluginClass, Registry
 
 Problem = tuple[str, str]  # (location, message)
+MAX_NESTING = 64  # tables and arrays inside one another (the file is level 1, routes[0].steps[0].body level 6)
+log = logging.getLogger("gateway.config")
 
 
 class ConfigError(Exception):
@@ -59,6 +64,10 @@ class LoadedConfig:
     route_plugins: tuple[tuple[PluginUse, ...], ...]  # one tuple per route, in order
     secret_locations: frozenset[str]  # values that came from the environment
     plans: tuple[Plan | None, ...] = ()  # one per route: the compiled steps of orchestrated routes
+    warnings: tuple[Problem, ...] = ()  # accepted, but most likely not what was meant
+
+    def warning_lines(self) -> list[str]:
+        return [f"{self.source}: {loc}: {msg}" for loc, msg in self.warnings]
 
     def summary(self) -> str:
         count = len(self.global_plugins) + sum(len(p) for p in self.route_plugins)
@@ -72,9 +81,15 @@ def load_config(
     """Read and validate a routes.toml file; raise ConfigError listing every problem."""
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError(source, [("", f"cannot read: {exc.strerror or exc}")]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(source, [("", f"not UTF-8 text (line {line})")]) from None
+    text = text.replace("\r\n", "\n").replace("\r", "\n")  # universal newlines, as text mode reads
     return load_text(text, source, env, registry)
 
 
@@ -89,6 +104,11 @@ def load_text(
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, [("", f"not valid TOML: {exc}")]) from None
+    except RecursionError:  # the parser recurses into nested arrays and inline tables
+        raise ConfigError(source, [("", _TOO_DEEP)]) from None
+    too_deep = _nested_too_deep(raw)
+    if too_deep is not None:  # everything below walks the tree recursively
+        raise ConfigError(source, [(too_deep, _TOO_DEEP)])
     problems: list[Problem] = []
     secrets: set[str] = set()
     _find_env_refs(raw, "", secrets)
@@ -112,7 +132,38 @@ def load_text(
     plans = tuple(_plan(route, i, config, problems) for i, route in enumerate(config.routes))
     if problems:
         raise ConfigError(source, _once_per_unset_variable(env_problems, problems))
-    return LoadedConfig(source, config, global_plugins, route_plugins, frozenset(secrets), plans)
+    warnings = tuple(_warnings(config))
+    for loc, message in warnings:
+        log.warning("%s: %s: %s", source, loc, message)
+    return LoadedConfig(source, config, global_plugins, route_plugins, frozenset(secrets), plans, warnings)
+
+
+_TOO_DEEP = f"nested deeper than {MAX_NESTING} levels (tables and arrays inside one another)"
+
+
+def _nested_too_deep(raw: dict[str, Any]) -> str | None:
+    """Where the parsed file nests tables and arrays deeper than MAX_NESTING (its first
+    few steps), or None; walked without recursion."""
+    pending: list[tuple[Any, tuple[int | str, ...]]] = [(raw, ())]
+    while pending:
+        value, at = pending.pop()
+        if isinstance(value, (dict, list)) and len(at) >= MAX_NESTING:
+            return _location("", at[:3]) + "..."
+        if isinstance(value, dict):
+            pending.extend((item, (*at, key)) for key, item in value.items())
+        elif isinstance(value, list):
+            pending.extend((item, (*at, index)) for index, item in enumerate(value))
+    return None
+
+
+def _warnings(config: Config) -> list[Problem]:
+    found = []
+    for index, cidr in enumerate(config.gateway.trusted_proxies):
+        if ipaddress.ip_network(cidr, strict=False).prefixlen == 0:
+            found.append((f"gateway.trusted_proxies[{index}]",
+                          f"{cidr!r} trusts every peer: any client can set X-Forwarded-For and choose the "
+                          "client IP that rate limits, ip_filter and logs see"))
+    return found
 
 
 def _once_per_unset_variable(env_problems: list[Problem], problems: list[Problem]) -> list[Problem]:
@@ -256,10 +307,15 @@ def _path_problems(router: web.UrlDispatcher, route: RouteConfig, where: str) ->
 
     problems: list[Problem] = []
     try:
-        for method in route.method_list():
-            router.add_route(method, route.path, never)
+        added = [router.add_route(method, route.path, never) for method in route.method_list()]
     except (ValueError, RuntimeError) as exc:
         problems.append((f"{where}.path", str(exc)))
+    else:
+        resource = added[0].resource if added else None
+        pattern = resource.get_info().get("pattern") if resource is not None else None
+        slow = path_regex.route_path_problem(route.path, pattern.pattern) if pattern is not None else None
+        if slow is not None:
+            problems.append((f"{where}.path", slow))
     if route.rewrite is not None:
         params = set(PATH_PARAM.findall(route.path))
         if not route.rewrite.startswith("/"):
@@ -374,6 +430,9 @@ def _message(error: Any, model: type[BaseModel], loc: tuple[int | str, ...], sho
         return "must not be empty"
     if kind == "string_pattern_mismatch":
         return f"must match {ctx.get('pattern')!r}, got {shown!r}"
+    if kind == "value_error" and isinstance(ctx.get("error"), BadValue):
+        bad: BadValue = ctx["error"]
+        return f"{bad.problem}, got {shown!r}" if isinstance(shown, _Hidden) else str(bad)
     if kind in ("value_error", "assertion_error"):
         message = str(ctx.get("error", error["msg"]))
         if isinstance(shown, _Hidden) and value is not None:  # a validator may quote what it got

@@ -13,11 +13,15 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
     PositiveInt,
     WithJsonSchema,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, core_schema
 
-from gateway.units import parse_duration, parse_size
+from gateway.units import format_duration, parse_duration, parse_size
 
 # A parameter of an aiohttp path template: {name} or {name:regex}.
 PATH_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::[^}]*)?\}")
@@ -27,6 +31,25 @@ DURATION_SCHEMA = {"type": "string", "pattern": r"^\s*[0-9]+(\.[0-9]+)?\s*(ms|s|
 SIZE_SCHEMA = {"anyOf": [{"type": "integer", "minimum": 0},
                          {"type": "string", "pattern": r"^\s*[0-9]+\s*(B|KB|MB|GB|KiB|MiB|GiB)?\s*$"}],
                "description": 'Bytes, or a size such as "10MiB".'}
+
+
+MAX_WORKERS = 1024  # processes; far beyond any machine's cores
+MAX_TIMEOUT = 86_400.0  # one day: no wait the gateway does is meant to be longer
+MIN_HEALTH_INTERVAL = 0.1  # active checks more often than this flood the upstream they watch
+MAX_CONNECTIONS = 1_000_000  # per process; far beyond the file descriptors one process gets
+MAX_JSON_DEPTH = 512  # merge, shaping and the JSON encoder recurse: stay well inside Python's recursion limit
+MAX_WEIGHT = 1000  # a weighted round robin cycles through sum(weights) slots
+MAX_ATTEMPTS = 100  # tries per call; each one may reach the upstream
+
+
+class BadValue(ValueError):
+    """A value that breaks a rule; ``shown`` is the value as a message may quote it (never
+    a secret: the loader replaces it when the value is one)."""
+
+    def __init__(self, problem: str, shown: object) -> None:
+        super().__init__(f"{problem}, got {shown!r}")
+        self.problem = problem
+        self.shown = shown
 
 
 def _positive(value: float) -> float:
@@ -40,6 +63,52 @@ Duration = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_pos
 Size = Annotated[int, BeforeValidator(parse_size), WithJsonSchema(SIZE_SCHEMA)]
 
 
+def _duration_within(low: float, high: float) -> Any:
+    """A validator of durations from ``low`` (exclusive when 0) to ``high`` seconds that
+    quotes the value as written ("0.001ms", not 1e-06)."""
+
+    def parse(value: object) -> float:
+        seconds = parse_duration(value)
+        if seconds <= 0:
+            raise ValueError("must be longer than 0")
+        if seconds < low:
+            raise BadValue(f"must be at least {format_duration(low)}", value)
+        if seconds > high:
+            raise BadValue(f"must be at most {format_duration(high)}", value)
+        return seconds
+
+    return BeforeValidator(parse)
+
+
+# Every wait of the gateway itself (timeouts, intervals, back-offs): positive, at most a day.
+Timeout = Annotated[float, _duration_within(0.0, MAX_TIMEOUT), WithJsonSchema(DURATION_SCHEMA)]
+HealthInterval = Annotated[float, _duration_within(MIN_HEALTH_INTERVAL, MAX_TIMEOUT),
+                           WithJsonSchema(DURATION_SCHEMA)]
+
+
+class _AtMost:
+    """Annotation: an integer no larger than ``limit`` (and ``maximum`` in the JSON Schema);
+    the message says ``why``."""
+
+    def __init__(self, limit: int, why: str) -> None:
+        self.limit = limit
+        self.why = why
+
+    def check(self, value: int) -> int:
+        if value > self.limit:
+            shown = f"{self.limit:_}" if self.limit >= 10_000 else str(self.limit)  # as TOML spells it
+            raise BadValue(f"must be at most {shown} ({self.why})", value)
+        return value
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.no_info_after_validator_function(self.check, handler(source))
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        out = handler(schema)
+        out["maximum"] = self.limit
+        return out
+
+
 def _check_cidr(value: str) -> str:
     try:
         ipaddress.ip_network(value, strict=False)
@@ -51,26 +120,128 @@ def _check_cidr(value: str) -> str:
 Cidr = Annotated[str, AfterValidator(_check_cidr)]
 
 
+_HOST_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOST_NAME = re.compile(rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?")
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
+def host_problem(host: str) -> str | None:
+    """Why ``host`` (a name, an IPv4 address or a bracketed IPv6 address) is not one."""
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return f"{host} is not an IPv6 address"
+        return None
+    if ":" in host:
+        return "an IPv6 address must be in brackets, such as [::1]"
+    if host.replace(".", "").isdigit():
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return f"{host} is not an IPv4 address"
+        return None
+    if len(host) > 253 or not _HOST_NAME.fullmatch(host):
+        return f"{host!r} is not a valid host name (letters, digits, '-', '_' and '.')"
+    return None
+
+
+def port_problem(port: str, allow_zero: bool) -> str | None:
+    low = 0 if allow_zero else 1
+    if not _PORT.fullmatch(port) or not low <= int(port) <= 65535:
+        return f"the port must be a number from {low} to 65535" + (" (0: any free port)" if allow_zero else "")
+    return None
+
+
+def listen_problem(value: str) -> str | None:
+    """Why ``value`` is not a listen address "HOST:PORT" (an empty HOST: every interface)."""
+    if any(c.isspace() or not c.isprintable() for c in value):
+        return 'must be "HOST:PORT" without spaces'
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        return 'must be "HOST:PORT", such as "0.0.0.0:8080"'
+    problem = port_problem(port, allow_zero=True)
+    if problem is None and host:
+        problem = host_problem(host)
+    return f'must be "HOST:PORT": {problem}' if problem else None
+
+
 def _check_listen(value: str) -> str:
-    _, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f'must be "HOST:PORT", got {value!r}')
+    problem = listen_problem(value)
+    if problem is not None:
+        raise BadValue(problem, value)
     return value
 
 
 Listen = Annotated[str, AfterValidator(_check_listen)]
 
 
+def without_userinfo(url: str) -> str:
+    """``url`` with any ``user:password@`` removed."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    cut = len(rest)
+    for mark in "/?#":
+        found = rest.find(mark)
+        if found != -1:
+            cut = min(cut, found)
+    authority, tail = rest[:cut], rest[cut:]
+    return f"{scheme}://{authority.rpartition('@')[2]}{tail}"
+
+
 def _check_target(value: str) -> str:
-    if not value.startswith(("http://", "https://")):
-        raise ValueError(f'must be an http:// or https:// URL such as "http://10.0.0.1:8080", got {value!r}')
-    rest = value.split("://", 1)[1]
-    if not rest or "/" in rest.rstrip("/") or "?" in rest:
-        raise ValueError(f"must be scheme://host[:port] without a path, got {value!r}")
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme not in ("http", "https"):
+        raise BadValue('must be an http:// or https:// URL such as "http://10.0.0.1:8080"', value)
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise BadValue("must not contain spaces or control characters", value)
+    authority = rest.rstrip("/")
+    if any(mark in authority for mark in "/?#"):
+        raise BadValue("must be scheme://host[:port] without a path, query or fragment", value)
+    if "@" in authority:
+        raise BadValue("must not contain user information (user:password@); send credentials with a "
+                       "plugin such as `headers`", without_userinfo(value))
+    if authority.startswith("["):
+        close = authority.find("]")
+        if close == -1:
+            raise BadValue("an IPv6 address needs its closing ']'", value)
+        host, after = authority[:close + 1], authority[close + 1:]
+        if after and not after.startswith(":"):
+            raise BadValue("must be scheme://host[:port]", value)
+        port, has_port = after[1:], bool(after)
+    else:
+        host, colon, port = authority.partition(":")
+        has_port = bool(colon)
+        if ":" in port:
+            raise BadValue("an IPv6 address must be in brackets, such as http://[::1]:8080", value)
+    if not host:
+        raise BadValue("has no host", value)
+    problem = host_problem(host) or (port_problem(port, allow_zero=False) if has_port else None)
+    if problem is not None:
+        raise BadValue(problem, value)
     return value.rstrip("/")
 
 
 Target = Annotated[str, AfterValidator(_check_target)]
+
+
+def _check_health_path(value: str) -> str:
+    if not value.startswith("/") or any(c.isspace() or not c.isprintable() for c in value):
+        raise BadValue('must be a path starting with "/", without spaces', value)
+    return value
+
+
+def _check_status(value: int) -> int:
+    if not 100 <= value <= 599:
+        raise BadValue("must be an HTTP status (100-599)", value)
+    return value
+
+
+def _check_method(value: str) -> str:
+    if value.upper() not in HTTP_METHODS:
+        raise BadValue(f"must be an HTTP method ({', '.join(HTTP_METHODS)})", value)
+    return value
 
 
 class Strict(BaseModel):
@@ -83,15 +254,17 @@ class Strict(BaseModel):
 class GatewaySettings(Strict):
     listen: Listen = "0.0.0.0:8080"
     admin_listen: Listen = "127.0.0.1:9901"
-    workers: PositiveInt = 1
-    timeout: Duration = 30.0
+    workers: Annotated[PositiveInt, _AtMost(MAX_WORKERS, "processes sharing the port; one per CPU core is usual")] = 1
+    timeout: Timeout = 30.0
     max_body_bytes: Size = 10 * 1024 * 1024
-    drain_timeout: Duration = 20.0
-    client_body_timeout: Duration = 60.0  # longest silence while a client sends its body: 408
-    header_timeout: Duration = 10.0  # request line + headers must arrive within it (slowloris)
-    keepalive_timeout: Duration = 75.0  # idle keep-alive client connections are closed after it
-    max_connections: PositiveInt = 10_000  # open client connections per process; beyond it new ones are refused
-    max_json_depth: PositiveInt = 64  # nesting of JSON the gateway parses (orchestration bodies, answers)
+    drain_timeout: Timeout = 20.0
+    client_body_timeout: Timeout = 60.0  # longest silence while a client sends its body: 408
+    header_timeout: Timeout = 10.0  # request line + headers must arrive within it (slowloris)
+    keepalive_timeout: Timeout = 75.0  # idle keep-alive client connections are closed after it
+    # open client connections per process; beyond it new ones are refused
+    max_connections: Annotated[PositiveInt, _AtMost(MAX_CONNECTIONS, "open connections per process")] = 10_000
+    # nesting of JSON the gateway parses (orchestration bodies, answers)
+    max_json_depth: Annotated[PositiveInt, _AtMost(MAX_JSON_DEPTH, "deeper JSON cannot be decoded anyway")] = 64
     trusted_proxies: list[Cidr] = Field(default_factory=list)
     redis_url: str = ""
     # Request hygiene (docs/security.md): what the router sees is what the upstream gets.
@@ -104,15 +277,15 @@ class GatewaySettings(Strict):
 
 
 class UpstreamTimeouts(Strict):
-    connect: Duration = 1.0
-    response: Duration = 30.0
-    idle: Duration = 60.0
+    connect: Timeout = 1.0
+    response: Timeout = 30.0
+    idle: Timeout = 60.0
 
 
 class HealthConfig(Strict):
-    path: str = "/healthz"
-    interval: Duration = 5.0
-    timeout: Duration = 1.0
+    path: Annotated[str, AfterValidator(_check_health_path)] = "/healthz"
+    interval: HealthInterval = 5.0
+    timeout: Timeout = 1.0
     unhealthy_after: PositiveInt = 2
     healthy_after: PositiveInt = 2
 
@@ -135,25 +308,28 @@ StatusOrKind = Annotated[
 
 class BreakerConfig(Strict):
     failures: PositiveInt = 5
-    reset_timeout: Duration = 30.0
-    on: list[int] = Field(default_factory=lambda: [502, 503, 504])
+    reset_timeout: Timeout = 30.0
+    on: list[Annotated[int, AfterValidator(_check_status)]] = Field(default_factory=lambda: [502, 503, 504])
     scope: Literal["upstream", "target"] = "upstream"
     shared: bool = False
     half_open_probes: PositiveInt = 1
 
 
 class RetryConfig(Strict):
-    attempts: PositiveInt = 3
+    attempts: Annotated[PositiveInt, _AtMost(MAX_ATTEMPTS, "each attempt may call the upstream again")] = 3
     on: list[StatusOrKind] = Field(default_factory=lambda: [502, 503, 504, "connect", "timeout"])
-    backoff: Duration = 0.025
-    max_backoff: Duration = 0.25
-    methods: list[str] | None = None
+    backoff: Timeout = 0.025
+    max_backoff: Timeout = 0.25
+    methods: list[Annotated[str, AfterValidator(_check_method)]] | None = None
+
+
+Weight = Annotated[PositiveInt, _AtMost(MAX_WEIGHT, "weights are relative: 1000 to 1 already sends 99.9%")]
 
 
 class UpstreamConfig(Strict):
     targets: Annotated[list[Target], Field(min_length=1)]
     balance: Literal["round_robin", "least_requests", "random"] = "round_robin"
-    weights: list[PositiveInt] | None = None
+    weights: list[Weight] | None = None
     timeout: UpstreamTimeouts = Field(default_factory=UpstreamTimeouts)
     health: HealthConfig | None = None
     breaker: BreakerConfig | None = None
@@ -190,7 +366,7 @@ class StepConfig(Strict):
     path: Annotated[str, Field(pattern=r"^/")]
     headers: dict[str, str] = Field(default_factory=dict)
     body: dict[str, Any] | None = None
-    timeout: Duration | None = None
+    timeout: Timeout | None = None
     optional: bool = False
     fallback: Any = None
     when: str | None = None
@@ -210,7 +386,7 @@ class RouteConfig(Strict):
     methods: Annotated[list[Method], Field(min_length=1)] | None = None
     upstream: str | None = None
     rewrite: str | None = None
-    timeout: Duration | None = None
+    timeout: Timeout | None = None
     preserve_host: bool = False
     websocket: bool = False
     max_body_bytes: Size | None = None

@@ -1,20 +1,53 @@
-"""Running one gateway process until SIGTERM/SIGINT, reloading on SIGHUP."""
+"""Running one gateway process until SIGTERM/SIGINT, reloading on SIGHUP.
+
+A process that cannot start (a port in use, a plugin that cannot start) says why in one line
+on stderr and exits 1: no traceback, nothing left open behind it."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import gc
 import logging
 import os
 import signal
+import socket
+import sys
 from pathlib import Path
 
-from gateway.config_load import LoadedConfig
+from gateway.config_load import ConfigError, LoadedConfig
 from gateway.serve import GatewayProcess
 from gateway.watch import watch_file
 
 log = logging.getLogger("gateway")
+
+
+class StartupError(Exception):
+    """The process cannot start; the message says why, in one line."""
+
+
+def listen_failure(exc: OSError, address: str, option: str) -> StartupError | None:
+    """A one-line StartupError when ``exc`` is a failure to listen on ``address`` (given by
+    ``option``, e.g. "--listen" or "gateway.listen"), else None."""
+    if isinstance(exc, socket.gaierror):
+        why = "unknown host name"
+    elif exc.errno == errno.EADDRINUSE:
+        why = "address already in use (is another gateway or server running on that port?)"
+    elif exc.errno in (errno.EACCES, errno.EPERM):
+        port = address.rpartition(":")[2]
+        low = port.isdigit() and 0 < int(port) < 1024
+        why = "permission denied" + (" (ports below 1024 need root or CAP_NET_BIND_SERVICE)" if low else "")
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        why = "address not available (no interface of this host has that IP address)"
+    else:
+        return None
+    return StartupError(f"cannot listen on {address} ({option}): {why}")
+
+
+def one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def event_loop_runner() -> asyncio.Runner:
@@ -37,19 +70,65 @@ async def _stop_when_orphaned(stop: asyncio.Event, every: float = 1.0) -> None:
 
 
 def run_single(loaded: LoadedConfig, args: argparse.Namespace) -> int:
-    with event_loop_runner() as runner:
-        return runner.run(serve_until_signal(loaded, args))
+    try:
+        with event_loop_runner() as runner:
+            return runner.run(serve_until_signal(loaded, args))
+    except ConfigError as exc:  # a plugin refused its options when built
+        for line in exc.lines():
+            print(line, file=sys.stderr)
+        return 1
+    except StartupError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C before the signal handlers were in place
+        return 130
+
+
+async def start_process(loaded: LoadedConfig, args: argparse.Namespace) -> GatewayProcess:
+    """A started GatewayProcess, or StartupError / ConfigError with nothing left open."""
+    try:
+        process = GatewayProcess(
+            loaded,
+            listen=args.listen,
+            admin_listen=args.admin_listen,
+            reuse_port=args.reuse_port,
+            count_reloads=not args.supervised,
+        )
+    except ConfigError:
+        raise
+    except Exception as exc:  # a plugin that cannot be built
+        log.debug("start-up failed", exc_info=True)
+        raise StartupError(f"start-up failed: {one_line(exc)}") from None
+    try:
+        await process.start()
+    except Exception as exc:
+        log.debug("start-up failed", exc_info=True)
+        error = _startup_error(exc, process, args)
+        try:
+            await process.drain()  # closes what start() opened: listeners, client session, plugins
+        except Exception:
+            log.debug("clean-up after a failed start-up failed", exc_info=True)
+        raise error from None
+    return process
+
+
+def _startup_error(exc: Exception, process: GatewayProcess, args: argparse.Namespace) -> Exception:
+    if isinstance(exc, (ConfigError, StartupError)):
+        return exc
+    if isinstance(exc, OSError):
+        if not process.addresses():  # the public listener is opened first: it is not open yet
+            address, option = process.listen, "--listen" if args.listen else "gateway.listen"
+        else:
+            admin_given = args.admin_listen is not None
+            address, option = process.admin_listen, "--admin-listen" if admin_given else "gateway.admin_listen"
+        failure = listen_failure(exc, address, option)
+        if failure is not None:
+            return failure
+    return StartupError(f"start-up failed: {one_line(exc)}")
 
 
 async def serve_until_signal(loaded: LoadedConfig, args: argparse.Namespace) -> int:
-    process = GatewayProcess(
-        loaded,
-        listen=args.listen,
-        admin_listen=args.admin_listen,
-        reuse_port=args.reuse_port,
-        count_reloads=not args.supervised,
-    )
-    await process.start()
+    process = await start_process(loaded, args)
     # What start-up built lives as long as the process: keep the collector from walking it
     # again and again, and let young garbage pile up a little longer between collections.
     gc.collect()

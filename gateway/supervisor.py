@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -20,6 +21,7 @@ from aiohttp import web
 from gateway.admin import AdminSource, admin_app
 from gateway.config_load import ConfigError, LoadedConfig, load_config
 from gateway.plugin import ClientHolder
+from gateway.process_main import StartupError, event_loop_runner, listen_failure, one_line
 from gateway.serve import split_listen
 
 log = logging.getLogger("gateway.supervisor")
@@ -55,7 +57,30 @@ class Supervisor(AdminSource):
         self.draining = False
         self.last_reload: tuple[float, str] | None = None
         if split_listen(self.listen)[1] == 0:
-            raise SystemExit("workers > 1 needs a fixed port in --listen / gateway.listen")
+            raise StartupError(f"{workers} workers need a fixed port in --listen / gateway.listen, not 0")
+
+    def _option(self, admin: bool) -> str:
+        if admin:
+            return "--admin-listen" if self.args.admin_listen is not None else "gateway.admin_listen"
+        return "--listen" if self.args.listen else "gateway.listen"
+
+    def probe_listen(self) -> None:
+        """Fail now, in one line, when the workers could not open the public port: each would
+        fail on its own otherwise, and be restarted over and over."""
+        host, port = split_listen(self.listen)
+        try:
+            for family, kind, proto, _, address in socket.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            ):
+                with socket.socket(family, kind, proto) as sock:  # as the workers bind: SO_REUSEPORT
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                    if family == socket.AF_INET6:
+                        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                    sock.bind(address)
+        except OSError as exc:
+            failure = listen_failure(exc, self.listen, self._option(admin=False))
+            raise failure or StartupError(f"cannot listen on {self.listen}: {one_line(exc)}") from None
 
     def _worker_argv(self, ready_file: Path) -> list[str]:
         a = self.args
@@ -127,28 +152,32 @@ class Supervisor(AdminSource):
 
     # -- main ---------------------------------------------------------------------------
 
-    async def run(self) -> int:
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-        loop.add_signal_handler(signal.SIGINT, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
-        runner = None
-        if self.admin_listen:
-            runner = web.AppRunner(admin_app(self), handle_signals=False, access_log=None)
-            await runner.setup()
-            host, port = split_listen(self.admin_listen)
+    async def start_admin(self) -> web.AppRunner | None:
+        if not self.admin_listen:
+            return None
+        runner = web.AppRunner(admin_app(self), handle_signals=False, access_log=None)
+        await runner.setup()
+        host, port = split_listen(self.admin_listen)
+        try:
             await web.TCPSite(runner, host, port).start()
-        for slot in range(self.count):
-            await self.spawn(slot)
-        watchers = [loop.create_task(self.watch(slot)) for slot in range(self.count)]
-        if self.args.watch:
-            from gateway.watch import watch_file
+        except OSError as exc:
+            await runner.cleanup()
+            failure = listen_failure(exc, self.admin_listen, self._option(admin=True))
+            raise failure or StartupError(f"cannot listen on {self.admin_listen}: {one_line(exc)}") from None
+        return runner
 
-            watchers.append(loop.create_task(watch_file(self.loaded.source, self.reload)))
-        await stop.wait()
+    async def workers_started(self, stop: asyncio.Event) -> bool:
+        """Wait until every worker listens (True), or one exits first, or a stop signal."""
+        while not stop.is_set():
+            if any(p.returncode is not None for p in self.procs.values()):
+                return False
+            if all(f.exists() for f in self.ready_files.values()):
+                return True
+            await asyncio.sleep(0.05)
+        return True  # stopping anyway: drain what started
+
+    async def stop_workers(self) -> None:
         self.draining = True
-        log.info("draining %d workers", self.count)
         for proc in self.procs.values():
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)
@@ -160,6 +189,34 @@ class Supervisor(AdminSource):
             for proc in self.procs.values():
                 if proc.returncode is None:
                     proc.kill()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        from gateway.runtime import Runtime
+
+        Runtime(self.loaded, self.metrics, ClientHolder())  # a plugin that cannot be built: once, not per worker
+        self.probe_listen()
+        runner = await self.start_admin()
+        for slot in range(self.count):
+            await self.spawn(slot)
+        if not await self.workers_started(stop):
+            # A worker could not start and said why on stderr: stop the others, exit 1.
+            await self.stop_workers()
+            if runner is not None:
+                await runner.cleanup()
+            return 1
+        watchers = [loop.create_task(self.watch(slot)) for slot in range(self.count)]
+        if self.args.watch:
+            from gateway.watch import watch_file
+
+            watchers.append(loop.create_task(watch_file(self.loaded.source, self.reload)))
+        await stop.wait()
+        log.info("draining %d workers", self.count)
+        await self.stop_workers()
         for task in watchers:
             task.cancel()
         await asyncio.gather(*watchers, return_exceptions=True)
@@ -169,7 +226,15 @@ class Supervisor(AdminSource):
 
 
 def run_supervisor(loaded: LoadedConfig, args: argparse.Namespace, workers: int) -> int:
-    from gateway.process_main import event_loop_runner
-
-    with event_loop_runner() as runner:
-        return runner.run(Supervisor(loaded, args, workers).run())
+    try:
+        with event_loop_runner() as runner:
+            return runner.run(Supervisor(loaded, args, workers).run())
+    except ConfigError as exc:
+        for line in exc.lines():
+            print(line, file=sys.stderr)
+        return 1
+    except StartupError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C before the signal handlers were in place
+        return 130

@@ -79,7 +79,7 @@ async def test_one_dead_target_all_gets_succeed_and_it_recovers_when_back(
     dead = f"http://127.0.0.1:{port}"
     gw = await gateway(config(
         dead, live.url,
-        health='path = "/healthz", interval = "50ms", timeout = "200ms", unhealthy_after = 2, healthy_after = 2',
+        health='path = "/healthz", interval = "100ms", timeout = "200ms", unhealthy_after = 2, healthy_after = 2',
         extra='retry = { attempts = 2, on = ["connect"], backoff = "1ms", max_backoff = "5ms" }',
     ))
     for _ in range(20):
@@ -106,7 +106,7 @@ async def test_all_targets_down_is_503_without_calling_them(
     gateway: StartGateway, http: aiohttp.ClientSession
 ) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
-    gw = await gateway(config(dead, health='interval = "50ms", timeout = "100ms", unhealthy_after = 1'))
+    gw = await gateway(config(dead, health='interval = "100ms", timeout = "100ms", unhealthy_after = 1'))
     await wait_for_target(gw, dead, 0)
     async with http.get(url(gw, "/svc/x")) as response:
         document = assert_problem(response.status, response.headers, await response.read(), 503, route="svc")

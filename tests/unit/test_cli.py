@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import textwrap
@@ -218,3 +220,98 @@ def test_routes_on_a_bad_file_fails_like_check(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stdout == ""
     assert f"{path}: gateway.workers: must be a positive integer, got 0" in result.stderr.splitlines()
+
+
+# --- warnings and inputs that used to end in a traceback ------------------------------------
+
+
+def test_check_warns_about_trusted_proxies_of_everyone_on_stderr_and_still_passes(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace('timeout = "5s"', 'timeout = "5s"\ntrusted_proxies = ["0.0.0.0/0"]'))
+    result = gateway("check", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["ok: 2 routes, 2 upstreams, 3 plugins"]
+    [warning] = result.stderr.splitlines()
+    assert warning.startswith(f"WARNING: {path}: gateway.trusted_proxies[0]: '0.0.0.0/0' trusts every peer")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["a = " + "[" * 3000 + "]" * 3000, "a = " + "{b = " * 3000 + "1" + "}" * 3000, "[" + ".".join("a" * 3000) + "]"],
+)
+def test_check_a_deeply_nested_file_fails_in_one_line(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "deep.toml"
+    path.write_text(text)
+    result = gateway("check", str(path))
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"{path}: ")
+    assert line.endswith("nested deeper than 64 levels (tables and arrays inside one another)")
+
+
+def test_check_refuses_a_route_regex_that_backtracks(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace("/api/users/{rest:.*}", "/api/users/{rest:(a+)+b}"))
+    result = gateway("check", str(path))
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"{path}: routes[0].path: {{rest:(a+)+b}} can match the same text")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--listen", "127.0.0.1:99999"], "gateway: --listen: must be \"HOST:PORT\": the port must be a number from 0"),
+        (["--listen", "8080"], "gateway: --listen: must be \"HOST:PORT\", such as"),
+        (["--admin-listen", "local host:1"], "gateway: --admin-listen: must be \"HOST:PORT\" without spaces"),
+        (["--workers", "0"], "gateway: --workers: must be from 1 to 1024, got 0"),
+        (["--workers", "100000000"], "gateway: --workers: must be from 1 to 1024, got 100000000"),
+    ],
+)
+def test_run_refuses_bad_options_in_one_line(tmp_path: Path, options: list[str], message: str) -> None:
+    result = gateway("run", str(write(tmp_path, GOOD)), *options)
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith(message), line
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_run_with_a_plugin_that_cannot_be_built_fails_like_check(tmp_path: Path, workers: str) -> None:
+    from gateway.serve import free_port
+
+    path = write(tmp_path, GOOD.replace('allow = ["10.0.0.0/8"]', ""))
+    result = gateway("run", str(path), "--listen", f"127.0.0.1:{free_port()}", "--admin-listen", "",
+                     "--workers", workers)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"{path}: routes[0].plugins[0] (ip_filter): needs `allow` or `deny` (a list of CIDRs)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("error", "address", "option", "expected"),
+    [
+        (OSError(errno.EADDRINUSE, "in use"), "0.0.0.0:8080", "gateway.listen",
+         "cannot listen on 0.0.0.0:8080 (gateway.listen): address already in use"),
+        (OSError(errno.EACCES, "denied"), "0.0.0.0:80", "--listen",
+         "cannot listen on 0.0.0.0:80 (--listen): permission denied (ports below 1024 need root or "
+         "CAP_NET_BIND_SERVICE)"),
+        (OSError(errno.EACCES, "denied"), "0.0.0.0:8080", "--listen",
+         "cannot listen on 0.0.0.0:8080 (--listen): permission denied"),
+        (OSError(errno.EADDRNOTAVAIL, "nope"), "192.0.2.1:8080", "gateway.admin_listen",
+         "cannot listen on 192.0.2.1:8080 (gateway.admin_listen): address not available"),
+        (socket.gaierror(socket.EAI_NONAME, "unknown"), "nohost:1", "--admin-listen",
+         "cannot listen on nohost:1 (--admin-listen): unknown host name"),
+    ],
+)
+def test_listen_failures_are_named_in_one_line(error: OSError, address: str, option: str, expected: str) -> None:
+    from gateway.process_main import listen_failure
+
+    failure = listen_failure(error, address, option)
+    assert failure is not None
+    assert str(failure).startswith(expected)
+    assert "\n" not in str(failure)
+
+
+def test_other_os_errors_are_not_listen_failures() -> None:
+    from gateway.process_main import listen_failure
+
+    assert listen_failure(OSError(errno.ECONNREFUSED, "refused"), "0.0.0.0:1", "--listen") is None

@@ -429,3 +429,243 @@ path = "/a//b"
 upstream = "u"
 """
     assert load_text(text, env={}).config.routes[1].path == "/a//b"
+
+
+# --- absurd values, ports and URLs ----------------------------------------------------------
+
+
+def upstream(extra: str = "", targets: str = '["http://127.0.0.1:9001"]') -> str:
+    return f"[upstreams.users]\ntargets = {targets}\n{extra}\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "location", "fragment"),
+    [
+        # ports: 1-65535 for targets, 0-65535 for listeners (0: any free port)
+        (upstream(targets='["http://127.0.0.1:99999"]'), "upstreams.users.targets[0]",
+         "the port must be a number from 1 to 65535, got 'http://127.0.0.1:99999'"),
+        (upstream(targets='["http://127.0.0.1:0"]'), "upstreams.users.targets[0]", "from 1 to 65535"),
+        (upstream(targets='["http://a:1", "http://b:"]'), "upstreams.users.targets[1]", "from 1 to 65535"),
+        (upstream(targets='["http://b:8o"]'), "upstreams.users.targets[0]", "from 1 to 65535"),
+        ("[gateway]\nlisten = '0.0.0.0:65536'\n", "gateway.listen", "from 0 to 65535"),
+        ("[gateway]\nadmin_listen = '127.0.0.1:-1'\n", "gateway.admin_listen", "from 0 to 65535"),
+        ("[gateway]\nlisten = '0.0.0.0:٨٠'\n", "gateway.listen", "from 0 to 65535"),
+        ("[gateway]\nlisten = 'local host:80'\n", "gateway.listen", "without spaces"),
+        ("[gateway]\nlisten = 'a$b:80'\n", "gateway.listen", "not a valid host name"),
+        ("[gateway]\nlisten = '::1:80'\n", "gateway.listen", "IPv6 address must be in brackets"),
+        ("[gateway]\nadmin_listen = '[::g]:80'\n", "gateway.admin_listen", "not an IPv6 address"),
+        # malformed URLs
+        (upstream(targets='["http://"]'), "upstreams.users.targets[0]", "has no host"),
+        (upstream(targets='["http://:8080"]'), "upstreams.users.targets[0]", "has no host"),
+        (upstream(targets='["http://users service:80"]'), "upstreams.users.targets[0]", "spaces"),
+        (upstream(targets='["http://users\\tservice"]'), "upstreams.users.targets[0]", "control characters"),
+        (upstream(targets='["http://us*rs:80"]'), "upstreams.users.targets[0]", "not a valid host name"),
+        (upstream(targets='["http://-users"]'), "upstreams.users.targets[0]", "not a valid host name"),
+        (upstream(targets='["http://300.1.1.1:80"]'), "upstreams.users.targets[0]", "not an IPv4 address"),
+        (upstream(targets='["http://::1:80"]'), "upstreams.users.targets[0]", "must be in brackets"),
+        (upstream(targets='["http://[::1"]'), "upstreams.users.targets[0]", "closing ']'"),
+        (upstream(targets='["http://[::g]:80"]'), "upstreams.users.targets[0]", "not an IPv6 address"),
+        (upstream(targets='["http://[::1]x"]'), "upstreams.users.targets[0]", "scheme://host[:port]"),
+        (upstream(targets='["HTTP://users"]'), "upstreams.users.targets[0]", "http:// or https://"),
+        (upstream(targets='["users:80"]'), "upstreams.users.targets[0]", "http:// or https://"),
+        (upstream(targets='["http://users?x=1"]'), "upstreams.users.targets[0]", "without a path, query or fragment"),
+        (upstream(targets='["http://users#top"]'), "upstreams.users.targets[0]", "without a path, query or fragment"),
+        # user information never reaches a target
+        (upstream(targets='["http://svc:hunter2@users:80"]'), "upstreams.users.targets[0]",
+         "must not contain user information"),
+        # absurd values
+        ("[gateway]\nworkers = 100000000\n", "gateway.workers", "must be at most 1024"),
+        ("[gateway]\nworkers = 1025\n", "gateway.workers", "must be at most 1024"),
+        ("[gateway]\nmax_connections = 1000001\n", "gateway.max_connections", "must be at most 1_000_000"),
+        ("[gateway]\nmax_connections = 0\n", "gateway.max_connections", "must be a positive integer"),
+        ("[gateway]\nmax_json_depth = 513\n", "gateway.max_json_depth", "must be at most 512"),
+        ("[gateway]\nmax_json_depth = 0\n", "gateway.max_json_depth", "must be a positive integer"),
+        ("[gateway]\nheader_timeout = '25h'\n", "gateway.header_timeout", "must be at most 24h, got '25h'"),
+        ("[gateway]\nkeepalive_timeout = '0s'\n", "gateway.keepalive_timeout", "longer than 0"),
+        ("[gateway]\ntimeout = '1441m'\n", "gateway.timeout", "must be at most 24h"),
+        ("[gateway]\ndrain_timeout = '100000h'\n", "gateway.drain_timeout", "must be at most 24h"),
+        (upstream("health = { interval = '0.001ms' }"), "upstreams.users.health.interval",
+         "must be at least 100ms, got '0.001ms'"),
+        (upstream("health = { interval = '99ms' }"), "upstreams.users.health.interval", "at least 100ms"),
+        (upstream("health = { path = 'healthz' }"), "upstreams.users.health.path", 'starting with "/"'),
+        (upstream("health = { path = '/health z' }"), "upstreams.users.health.path", "without spaces"),
+        (upstream("timeout = { response = '48h' }"), "upstreams.users.timeout.response", "at most 24h"),
+        (upstream("breaker = { on = [502, 999] }"), "upstreams.users.breaker.on[1]", "HTTP status (100-599), got 999"),
+        (upstream("breaker = { reset_timeout = '2000h' }"), "upstreams.users.breaker.reset_timeout", "at most 24h"),
+        (upstream("retry = { attempts = 1000 }"), "upstreams.users.retry.attempts", "must be at most 100"),
+        (upstream("retry = { methods = ['GET', 'PSOT'] }"), "upstreams.users.retry.methods[1]", "HTTP method"),
+        (upstream("retry = { max_backoff = '25h' }"), "upstreams.users.retry.max_backoff", "at most 24h"),
+        (upstream("weights = [1, 1001]", '["http://a:1", "http://b:1"]'), "upstreams.users.weights[1]",
+         "must be at most 1000"),
+        (one_route("timeout = '48h'"), "routes[0].timeout", "at most 24h"),
+    ],
+)
+def test_ports_urls_and_absurd_values_are_located_errors(text: str, location: str, fragment: str) -> None:
+    found = problems(text)
+    assert location in found, found
+    assert fragment in found[location], found[location]
+
+
+def test_limits_and_unusual_but_valid_values_load() -> None:
+    loaded = load(
+        """
+        [gateway]
+        listen = "[::]:0"
+        admin_listen = ":9901"
+        workers = 1024
+        timeout = "24h"
+        header_timeout = "1ms"
+        max_connections = 1_000_000
+        max_json_depth = 512
+        trusted_proxies = ["10.0.0.0/8"]
+        [upstreams.users]
+        targets = ["http://127.0.0.1:65535", "https://users_v2.internal.", "http://[fd00::7]:8080",
+                   "http://localhost:1/", "http://USERS-1.example.com"]
+        weights = [1000, 1, 1, 1, 1]
+        health = { path = "/healthz?deep=1", interval = "100ms", timeout = "24h" }
+        breaker = { on = [100, 599] }
+        retry = { attempts = 100, methods = ["get", "POST"] }
+        """
+    )
+    config = loaded.config
+    assert config.gateway.listen == "[::]:0"
+    assert config.gateway.workers == 1024
+    assert config.upstreams["users"].targets[3] == "http://localhost:1"
+    assert config.upstreams["users"].health is not None
+    assert config.upstreams["users"].health.interval == pytest.approx(0.1)
+    assert loaded.warnings == ()
+
+
+def test_the_new_gateway_settings_have_their_documented_defaults() -> None:
+    settings = load("").config.gateway
+    assert (settings.header_timeout, settings.keepalive_timeout) == (10.0, 75.0)
+    assert (settings.max_connections, settings.max_json_depth) == (10_000, 64)
+
+
+# --- trusted_proxies that trust everyone ---------------------------------------------------
+
+
+def test_trusted_proxies_of_everyone_load_with_one_warning_each(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="gateway.config"):
+        loaded = load("[gateway]\ntrusted_proxies = ['10.0.0.0/8', '0.0.0.0/0', '::/0', '1.2.3.4/0']\n")
+    assert loaded.config.gateway.trusted_proxies[1] == "0.0.0.0/0"
+    assert [loc for loc, _ in loaded.warnings] == [
+        "gateway.trusted_proxies[1]", "gateway.trusted_proxies[2]", "gateway.trusted_proxies[3]",
+    ]
+    assert "trusts every peer" in loaded.warnings[0][1]
+    records = [r for r in caplog.records if r.name == "gateway.config"]
+    assert [r.levelname for r in records] == ["WARNING"] * 3
+    assert records[0].getMessage() == loaded.warning_lines()[0]
+    assert records[0].getMessage().startswith("routes.toml: gateway.trusted_proxies[1]: '0.0.0.0/0' trusts")
+
+
+def test_narrow_trusted_proxies_load_without_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="gateway.config"):
+        loaded = load("[gateway]\ntrusted_proxies = ['0.0.0.0/1', '127.0.0.1']\n")
+    assert loaded.warnings == ()
+    assert not [r for r in caplog.records if r.name == "gateway.config"]
+
+
+# --- nesting --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "location"),
+    [
+        ("a = " + "[" * 3000 + "]" * 3000, ""),  # the TOML parser itself recurses
+        ("a = " + "{b = " * 3000 + "1" + "}" * 3000, ""),
+        ("[" + ".".join(["a"] * 3000) + "]\nx = 1\n", "a.a.a..."),  # tables by name do not recurse
+        ("a." * 3000 + "x = 1\n", "a.a.a..."),
+        ("a = " + "[" * 200 + "]" * 200, "a[0][0]..."),
+        (UPSTREAM + "[[routes]]\nname = 'r'\npath = '/r'\n[[routes.steps]]\nname = 's'\nupstream = 'users'\n"
+         "path = '/x'\nbody = " + "{a = " * 70 + "1" + "}" * 70 + "\n", "routes[0].steps..."),
+    ],
+)
+def test_deep_nesting_is_a_config_error_not_a_recursion_error(text: str, location: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_text(text, "routes.toml", {})
+    assert caught.value.problems == [(location, "nested deeper than 64 levels (tables and arrays inside one another)")]
+
+
+def step_body(levels: int) -> str:
+    """A route whose step body nests ``levels`` tables (the file, routes, routes[0], steps and
+    steps[0] are the 5 levels around it)."""
+    body = "{a = " * levels + "1" + "}" * levels
+    return (UPSTREAM + "[[routes]]\nname = 'r'\npath = '/r'\n[[routes.steps]]\nname = 's'\n"
+            f"upstream = 'users'\npath = '/x'\nmethod = 'POST'\nbody = {body}\n")
+
+
+def test_nesting_up_to_the_limit_loads() -> None:
+    assert load(step_body(59)).config.routes[0].steps[0].body is not None
+    assert problems(step_body(60)) == {
+        "routes[0].steps...": "nested deeper than 64 levels (tables and arrays inside one another)"
+    }
+
+
+def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "routes.toml"
+    path.write_bytes(b"[gateway]\nlisten = '\xff'\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+    assert caught.value.lines() == [f"{path}: not UTF-8 text (line 2)"]
+
+
+# --- route path regexes: linear time or refused ---------------------------------------------
+
+
+def route_path(path: str) -> str:
+    return UPSTREAM + f"[[routes]]\nname = 'r'\npath = '''{path}'''\nupstream = 'users'\n"
+
+
+@pytest.mark.parametrize(
+    ("path", "fragments"),
+    [
+        ("/x/{p:(a+)+b}", ["{p:(a+)+b} can match the same text in more than one way", "exponential time"]),
+        ("/x/{p:(a|a)*}", ["{p:(a|a)*} can match the same text in more than one way", "exponential"]),
+        ("/x/{p:(.*)*}", ["{p:(.*)*}", "exponential"]),
+        (r"/x/{p:(\w+\s?)+}", [r"{p:(\w+\s?)+}", "exponential"]),
+        ("/x/{p:(?:[a-z]+-?)+}", ["exponential"]),
+        ("/x/{p:(x+x+)+y}", ["exponential"]),
+        (r"/x/{p:\d+\d+}", [r"{p:\d+\d+} has two repetitions", "quadratic time"]),
+        ("/x/{name}.{ext}", ["{name} and {ext} can match the same text", "quadratic", "{name:[^/.]+}.{ext}"]),
+        ("/x/{a}-{b}", ["{a} and {b}", "quadratic"]),
+        ("/x/{a:.*}/y/{b:.*}", ["{a:.*} and {b:.*}", "quadratic"]),
+        ("/x/{p:a?a?a?a?a?a?a?a?a?a?a?a?aaaaaaaaaaaa}", ["in more than 128 ways"]),
+        (r"/x/{p:(a)\2}", ["backreference"]),
+        ("/x/{p:(?P<q>a)(?P=q)}", ["backreference"]),
+        ("/x/{p:(?=a)[a-z]+}", ["lookahead or lookbehind"]),
+        ("/x/{p:[a-z]+(?<!x)}", ["lookahead or lookbehind"]),
+    ],
+)
+def test_route_regexes_that_backtrack_are_refused(path: str, fragments: list[str]) -> None:
+    found = problems(route_path(path))
+    assert "routes[0].path" in found, found
+    for fragment in fragments:
+        assert fragment in found["routes[0].path"], found["routes[0].path"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/x/{rest:.*}",
+        r"/x/{id:\d+}",
+        "/x/{name:[a-z0-9-]+}",
+        "/x/{v:v[0-9]+}",
+        "/x/{id}",
+        "/x/{a}/y/{b}/{rest:.*}",
+        "/x/{name}.json",
+        "/x/{name:[^/.]+}.{ext}",
+        "/x/{slug:(?:[a-z0-9]+-)*[a-z0-9]+}",
+        "/x/{opts:(?:-[a-z]+)*}",
+        "/x/{uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}}",
+        "/x/{hex:(?:[0-9a-f]{2})+}",
+        r"/x/{ip:\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}}",
+        "/x/{v:(?:v1|v2|v2beta)}",
+        "/x/{p:(?i:abc)}",
+        "/x/{p:(a|ab)*c}",
+        r"/x/{p:\d{1,1000}}",
+        "/v1.2/.well-known/{file:.*}/",
+    ],
+)
+def test_route_regexes_that_match_in_linear_time_are_accepted(path: str) -> None:
+    assert load(route_path(path)).config.routes[0].path == path

@@ -164,3 +164,62 @@ def test_plugin_settings_that_only_look_secret_are_shown() -> None:
     """)
     assert found["routes[0].plugins[0] (rate_limit).key"].endswith("got 'tenant'")
     assert found["routes[0].plugins[0] (rate_limit).max_keys"] == "must be a positive integer, got 0"
+
+
+def test_user_information_in_a_target_is_refused_without_echoing_it() -> None:
+    found = errors("""
+        [upstreams.users]
+        targets = ["http://svc:hunter2@users.internal:8080", "https://s3cr3t-token@files.internal/"]
+        [[routes]]
+        name = "r"
+        path = "/r"
+        upstream = "users"
+    """)
+    first, second = found["upstreams.users.targets[0]"], found["upstreams.users.targets[1]"]
+    assert first.startswith("must not contain user information")
+    assert first.endswith("got 'http://users.internal:8080'")
+    assert second.endswith("got 'https://files.internal/'")
+    for message in (first, second):
+        assert "hunter2" not in message and "svc" not in message and "s3cr3t" not in message
+
+
+def test_user_information_with_an_at_sign_in_the_password_is_removed_whole() -> None:
+    found = errors("""
+        [upstreams.users]
+        targets = ["http://svc:p@ss@word@users:80"]
+    """)
+    message = found["upstreams.users.targets[0]"]
+    assert message.endswith("got 'http://users:80'")
+    assert "p@ss" not in message and "ss@word" not in message and "svc" not in message
+
+
+def test_a_bad_target_from_the_environment_is_located_but_not_echoed() -> None:
+    found = errors("""
+        [upstreams.users]
+        targets = ["${USERS_URL}", "${OTHER_URL}"]
+        [[routes]]
+        name = "r"
+        path = "/r"
+        upstream = "users"
+    """, {"USERS_URL": "http://svc:hunter2@users:80", "OTHER_URL": "http://users-secret-host:99999"})
+    assert found["upstreams.users.targets[0]"].startswith("must not contain user information")
+    assert found["upstreams.users.targets[0]"].endswith("got '<redacted>'")
+    assert found["upstreams.users.targets[1]"] == "the port must be a number from 1 to 65535, got '<redacted>'"
+    assert "hunter2" not in str(found) and "users-secret-host" not in str(found)
+
+
+def test_a_bounded_value_from_the_environment_is_not_echoed() -> None:
+    found = errors("""
+        [gateway]
+        drain_timeout = "${DRAIN}"
+        listen = "${LISTEN}"
+    """ + ROUTE, {"DRAIN": "9999h", "LISTEN": "internal-name:70000"})
+    assert found["gateway.drain_timeout"] == "must be at most 24h, got '<redacted>'"
+    assert found["gateway.listen"].endswith("got '<redacted>'")
+    assert "9999h" not in str(found) and "internal-name" not in str(found)
+
+
+def test_an_admin_token_deep_in_a_too_deep_file_is_not_echoed() -> None:
+    text = '[gateway]\nadmin_token = "tok-3141"\n[x]\ny = ' + "[" * 100 + '"tok-2718"' + "]" * 100 + "\n"
+    found = errors(text)
+    assert found == {"x.y[0]...": "nested deeper than 64 levels (tables and arrays inside one another)"}
