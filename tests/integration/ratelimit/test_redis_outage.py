@@ -86,9 +86,19 @@ def _restore(redis: RedisServer, kind: str) -> None:
         redis.thaw()  # with its data; it also runs the commands that timed out meanwhile
 
 
+BREAKER_TRIALS = 3  # gateway.redis_pool: calls that may each wait one Redis timeout before its breaker opens
+
+
 def _added_p99(samples: list[Sample], baseline: float, label: str) -> float:
-    added = _percentile(samples, 0.99) - baseline
-    print(f"\n{label}: p99 added latency {added * 1000:.1f} ms over {len(samples)} requests")
+    """p99 added latency once the Redis client's breaker has opened. The calls that met the
+    outage first may each wait one Redis timeout (50 ms) — never longer — and after them no
+    call waits at all; the percentile is taken over the calls after those trials."""
+    ordered = sorted(seconds for _, seconds, _, _ in samples)
+    assert ordered[-1] - baseline < 0.250, f"{label}: a call waited {ordered[-1] * 1000:.0f} ms"
+    rest = ordered[:-BREAKER_TRIALS]
+    added = rest[max(0, math.ceil(0.99 * len(rest)) - 1)] - baseline
+    print(f"\n{label}: p99 added latency {added * 1000:.1f} ms over {len(samples)} requests "
+          f"(slowest {ordered[-1] * 1000:.1f} ms)")
     return added
 
 
@@ -100,7 +110,7 @@ async def test_allow_lets_traffic_through_without_waiting_on_redis(
     _outage(own_redis, kind)
     during = await _traffic(http, target, 150)
     assert [status for status, *_ in during] == [200] * 150
-    assert _added_p99(during, baseline, f"allow/{kind}") < 0.060
+    assert _added_p99(during, baseline, f"allow/{kind}") < 0.030
     text = await scrape(gw)
     assert metric(text, "gateway_redis_up") == 0
     assert metric(text, DECISIONS, route="limited", decision="store_error_allowed") == 150
@@ -123,7 +133,7 @@ async def test_deny_answers_503_with_retry_after_quickly(
         assert headers["Retry-After"] == "1"
         assert headers["Content-Type"] == "application/problem+json"
         assert json.loads(body)["status"] == 503
-    assert _added_p99(during, baseline, f"deny/{kind}") < 0.060
+    assert _added_p99(during, baseline, f"deny/{kind}") < 0.030
     text = await scrape(gw)
     assert metric(text, DECISIONS, route="limited", decision="store_error_denied") == 150
     assert metric(text, "gateway_requests_total", route="limited", code="500") == 0
@@ -143,7 +153,7 @@ async def test_local_fallback_keeps_limiting_in_process(
     # The local limiter starts empty: exactly 50 more pass in this process, then 429.
     assert sorted(status for status, *_ in during) == [200] * 50 + [429] * 100
     assert all(headers["RateLimit-Policy"] == '"limited";q=50;w=60' for _, _, headers, _ in during)
-    assert _added_p99(during, baseline, f"local/{kind}") < 0.060
+    assert _added_p99(during, baseline, f"local/{kind}") < 0.030
     text = await scrape(gw)
     assert metric(text, DECISIONS, route="limited", decision="local_fallback") == 50
     assert metric(text, DECISIONS, route="limited", decision="limited") == 100
@@ -171,7 +181,7 @@ async def test_a_redis_that_never_answers_hangs_neither_startup_nor_requests(
     during = await _traffic(http, target, 150)
     assert [status for status, *_ in during] == [503] * 150
     # No Redis-up baseline here: the added latency is over the run's own median (a fail-fast 503).
-    assert _added_p99(during, _percentile(during, 0.5), "deny/blackhole from the start") < 0.060
+    assert _added_p99(during, _percentile(during, 0.5), "deny/blackhole from the start") < 0.030
     assert metric(await scrape(gw), "gateway_redis_up") == 0
     _restore_from_blackhole(own_redis)
     status, _, headers, _ = await _recovered(gw, http, target)
