@@ -14,7 +14,9 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from gateway.config_load import ConfigError, LoadedConfig
 from gateway.serve import GatewayProcess
@@ -70,9 +72,15 @@ async def _stop_when_orphaned(stop: asyncio.Event, every: float = 1.0) -> None:
 
 
 def run_single(loaded: LoadedConfig, args: argparse.Namespace) -> int:
+    return run_main(lambda: serve_until_signal(loaded, args))
+
+
+def run_main(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    """Run ``main`` on the gateway's event loop; a start-up failure is reported in one line
+    (per config problem) on stderr with exit code 1, never a traceback."""
     try:
         with event_loop_runner() as runner:
-            return runner.run(serve_until_signal(loaded, args))
+            return runner.run(main())
     except ConfigError as exc:  # a plugin refused its options when built
         for line in exc.lines():
             print(line, file=sys.stderr)

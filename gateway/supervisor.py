@@ -21,7 +21,7 @@ from aiohttp import web
 from gateway.admin import AdminSource, admin_app
 from gateway.config_load import ConfigError, LoadedConfig, load_config
 from gateway.plugin import ClientHolder
-from gateway.process_main import StartupError, event_loop_runner, listen_failure, one_line
+from gateway.process_main import StartupError, listen_failure, one_line, run_main
 from gateway.serve import split_listen
 
 log = logging.getLogger("gateway.supervisor")
@@ -226,15 +226,4 @@ class Supervisor(AdminSource):
 
 
 def run_supervisor(loaded: LoadedConfig, args: argparse.Namespace, workers: int) -> int:
-    try:
-        with event_loop_runner() as runner:
-            return runner.run(Supervisor(loaded, args, workers).run())
-    except ConfigError as exc:
-        for line in exc.lines():
-            print(line, file=sys.stderr)
-        return 1
-    except StartupError as exc:
-        print(f"gateway: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:  # Ctrl-C before the signal handlers were in place
-        return 130
+    return run_main(lambda: Supervisor(loaded, args, workers).run())
