@@ -53,6 +53,7 @@ class Supervisor(AdminSource):
         self.metrics = Metrics()
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self.ready_files: dict[int, Path] = {}
+        self.watching = False  # workers started and watched (a worker that dies is restarted)
         self._spawned = 0
         self.draining = False
         self.last_reload: tuple[float, str] | None = None
@@ -114,7 +115,8 @@ class Supervisor(AdminSource):
 
     def is_ready(self) -> bool:
         return (
-            not self.draining
+            self.watching  # the start-up check is over: from here on a dead worker is restarted
+            and not self.draining
             and len(self.procs) == self.count
             and all(p.returncode is None for p in self.procs.values())
             and all(f.exists() for f in self.ready_files.values())
@@ -210,6 +212,7 @@ class Supervisor(AdminSource):
                 await runner.cleanup()
             return 1
         watchers = [loop.create_task(self.watch(slot)) for slot in range(self.count)]
+        self.watching = True
         if self.args.watch:
             from gateway.watch import watch_file
 
