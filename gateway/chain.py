@@ -13,7 +13,7 @@ from typing import Any
 
 from gateway.compose import Handler, Layer, compose
 from gateway.errors import GatewayError, InternalError
-from gateway.http import BodyError, Request, Response
+from gateway.http import Request, Response
 from gateway.plugin import Plugin
 
 log = logging.getLogger("gateway.chain")
@@ -37,7 +37,7 @@ def timed_plugin(plugin: Plugin[Any], histogram_child: Any, route: str) -> Layer
         start = time.perf_counter()
         try:
             return await handle(request, call_next)
-        except (GatewayError, BodyError):
+        except GatewayError:
             raise
         except Exception:
             log.exception("plugin %s failed on route %s", name, route)
@@ -58,7 +58,7 @@ def timed_terminal(terminal: Handler) -> Handler:
         start = time.perf_counter()
         try:
             return await terminal(request)
-        except (GatewayError, BodyError):
+        except GatewayError:
             raise
         except Exception:
             log.exception("route %s: the terminal failed", request.route)

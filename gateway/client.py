@@ -11,20 +11,8 @@ from typing import Any
 import aiohttp
 
 from gateway.config_model import UpstreamTimeouts
-from gateway.errors import (
-    GatewayError,
-    UpstreamConnectError,
-    UpstreamError,
-    UpstreamReset,
-    UpstreamTimeout,
-    body_error,
-)
-from gateway.http import Body, BodyError, Response
-
-
-def outcome_of(error: BaseException) -> str:
-    """The outcome label for a failed upstream call."""
-    return str(getattr(error, "outcome", "reset"))
+from gateway.errors import GatewayError, UpstreamConnectError, UpstreamError, UpstreamReset, UpstreamTimeout
+from gateway.http import Body, Response
 
 
 def new_session() -> aiohttp.ClientSession:
@@ -118,11 +106,10 @@ class Sender:
 
 
 def map_client_error(exc: BaseException, body: Body | bytes | None) -> BaseException:
-    """Turn what a client raised into the gateway's own error (or re-raise it)."""
-    if isinstance(exc, BodyError):
-        return body_error(exc)
-    if isinstance(body, Body) and body.failure is not None:  # the upload broke off the exchange
-        return body_error(body.failure)
+    """Turn what a client raised into the gateway's own error (or re-raise it). When the
+    client's upload broke off the exchange, that is the error (413/408, no upstream outcome)."""
+    if isinstance(body, Body) and body.failure is not None:
+        return body.failure
     if isinstance(exc, GatewayError):
         return exc
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):

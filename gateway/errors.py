@@ -1,34 +1,53 @@
 """The gateway's own errors: raised anywhere, turned into problem+json in one place.
 
-    GatewayError                 status, title, problem type
-    ├── InternalError            500 (a bug; logged, never shown)
-    ├── Unauthorized             401
-    ├── BadRequest               400
-    ├── Forbidden                403
-    ├── NotFound                 404
-    ├── MethodNotAllowed         405 (+ Allow)
-    ├── RequestTimeout           408 (the client's body stalled)
-    ├── PayloadTooLarge          413
-    ├── UriTooLong               414
-    ├── HeadersTooLarge          431
-    ├── UpstreamError            502 (unusable answer)
-    │   ├── UpstreamConnectError     refused, unreachable: nothing was sent
-    │   └── UpstreamReset            the connection broke mid-exchange
-    ├── ServiceUnavailable       503 (+ Retry-After when known)
-    └── GatewayTimeout           504
-        └── UpstreamTimeout          no response head in time
+Each error knows the status it is answered with and, when it ends an upstream call, the
+``outcome`` that call is counted under in ``gateway_upstream_requests_total`` (None: the
+call is not counted, because the failure was not the upstream's).
+
+    class                        status  outcome
+    GatewayError                  500    -              status, title, problem type
+    ├── InternalError             500    -              a bug; logged, never shown
+    ├── BadRequest                400    -
+    ├── Unauthorized              401    -
+    ├── Forbidden                 403    -
+    ├── NotFound                  404    -
+    ├── MethodNotAllowed          405    -              + Allow
+    ├── RequestTimeout            408    -
+    │   └── BodyStalled           408    -              the client's body stalled (BodyError)
+    ├── PayloadTooLarge           413    -
+    │   └── BodyTooLarge          413    -              the client's body passed the limit (BodyError)
+    ├── UriTooLong                414    -
+    ├── HeadersTooLarge           431    -
+    ├── UpstreamError             502    reset          unusable answer
+    │   ├── UpstreamConnectError  502    connect_error  refused, unreachable: nothing was sent
+    │   └── UpstreamReset         502    reset          the connection broke mid-exchange
+    ├── ServiceUnavailable        503    -              + Retry-After when known; no usable target
+    │   └── CircuitOpen           503    circuit_open   (gateway.breaker) the breaker is open
+    └── GatewayTimeout            504    -
+        └── UpstreamTimeout       504    timeout        no response head in time
+
+``BodyError`` marks the two errors of reading the client's body (``Body.failure`` keeps the
+one that stopped it); they are re-exported by gateway.http. An upstream call that broke off
+because the client's upload did is answered 413/408 and is not counted upstream at all: not
+as a request, not in the duration histogram, not by the breaker, never retried.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from multidict import CIMultiDict
 
-from gateway.http import BodyError, BodyStalled, Response
+if TYPE_CHECKING:  # gateway.http re-exports the body errors from here
+    from gateway.http import Response
 
 PROBLEM_BASE = "https://gateway.dev/problems/"
+
+# The ``outcome`` label of gateway_upstream_requests_total: "ok" and "http_error" for an
+# answer, the others for a call that ended in an error.
+UpstreamOutcome = Literal["ok", "http_error", "timeout", "connect_error", "reset", "circuit_open"]
 
 
 class GatewayError(Exception):
@@ -37,6 +56,7 @@ class GatewayError(Exception):
     status = 500
     title = "Internal Server Error"
     slug = "internal"
+    outcome: ClassVar[UpstreamOutcome | None] = None  # how a failed upstream call is counted; None: not at all
 
     def __init__(
         self,
@@ -91,6 +111,19 @@ class PayloadTooLarge(GatewayError):
     status, title, slug = 413, "Content Too Large", "payload-too-large"
 
 
+class BodyError(GatewayError):
+    """Reading the client's body failed: the client's doing, never an upstream outcome.
+    Only its two kinds below are raised; each is answered with its own status."""
+
+
+class BodyTooLarge(BodyError, PayloadTooLarge):
+    """The client sent more bytes than the body limit allows."""
+
+
+class BodyStalled(BodyError, RequestTimeout):
+    """The client stopped sending its body for longer than the body idle timeout."""
+
+
 class UriTooLong(GatewayError):
     status, title, slug = 414, "URI Too Long", "uri-too-long"
 
@@ -100,7 +133,10 @@ class HeadersTooLarge(GatewayError):
 
 
 class UpstreamError(GatewayError):
+    """The upstream's answer could not be used (invalid, too large); counted as a reset."""
+
     status, title, slug = 502, "Bad Gateway", "upstream-error"
+    outcome: ClassVar[UpstreamOutcome | None] = "reset"
 
 
 class UpstreamConnectError(UpstreamError):
@@ -129,13 +165,6 @@ class UpstreamTimeout(GatewayTimeout):
     outcome = "timeout"
 
 
-def body_error(exc: BodyError) -> GatewayError:
-    """The response for a client body that could not be read."""
-    if isinstance(exc, BodyStalled):
-        return RequestTimeout(str(exc))
-    return PayloadTooLarge(str(exc))
-
-
 def problem(
     status: int,
     title: str,
@@ -148,6 +177,7 @@ def problem(
     extensions: dict[str, object] | None = None,
 ) -> Response:
     """Build an RFC 9457 problem+json response made by the gateway itself."""
+    from gateway.http import Response  # gateway.http imports this module
     document: dict[str, object] = {"type": type_, "title": title, "status": status, "detail": detail}
     if extensions:
         document.update(extensions)

@@ -16,19 +16,12 @@ from urllib.parse import parse_qsl
 from aiohttp import StreamReader
 from multidict import CIMultiDict, MultiDict
 
+# The errors of reading a client's body (413 and 408), kept importable from here.
+from gateway.errors import BodyError as BodyError
+from gateway.errors import BodyStalled as BodyStalled
+from gateway.errors import BodyTooLarge as BodyTooLarge
+
 CHUNK = 64 * 1024
-
-
-class BodyError(Exception):
-    """Reading the client's body failed (gateway.errors.body_error makes it a response)."""
-
-
-class BodyTooLarge(BodyError):
-    """The client sent more bytes than the body limit allows."""
-
-
-class BodyStalled(BodyError):
-    """The client stopped sending its body for longer than the body idle timeout."""
 
 
 class Body:

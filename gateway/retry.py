@@ -7,6 +7,8 @@ bound the whole thing.
 
     retryable?  status in ``on`` or "timeout"/"reset" in ``on``  → idempotent methods only
                 "connect" in ``on`` (nothing was sent)          → any method
+                an error's kind is read off its upstream outcome (``KINDS``); an error
+                without one (the client's body, no usable target) is never retried
     body        bytes or buffered → replayable; a Content-Length ≤ REPLAY_LIMIT is buffered
                 first (idempotent methods); a streamed body is sent again only when the
                 failed attempt never started reading it (a connect error)
@@ -28,8 +30,8 @@ from aiohttp_retry import ExponentialRetry
 from gateway.client import UpstreamRequest
 from gateway.compose import Layer
 from gateway.config_model import RetryConfig
-from gateway.errors import GatewayError, UpstreamConnectError, UpstreamError, UpstreamTimeout, body_error
-from gateway.http import Body, BodyError, Response
+from gateway.errors import GatewayError, UpstreamOutcome
+from gateway.http import Body, Response
 
 if TYPE_CHECKING:  # prometheus_client must not be imported before multiprocess mode is set up
     from prometheus_client import Counter
@@ -37,6 +39,10 @@ if TYPE_CHECKING:  # prometheus_client must not be imported before multiprocess 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 REPLAY_LIMIT = 64 * 1024  # request bodies up to this Content-Length are buffered so they can be replayed
 ATTEMPT_HEADER = "X-Gateway-Attempt"
+
+# An error's upstream outcome → the ``on`` entry it matches (the retry metric's reason).
+# Outcomes not listed (circuit_open) are never retried.
+KINDS: Mapping[UpstreamOutcome, str] = {"connect_error": "connect", "timeout": "timeout", "reset": "reset"}
 
 
 def retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
@@ -58,13 +64,8 @@ def retry_after(headers: Mapping[str, str], now: float | None = None) -> float |
 
 def failure_kind(error: BaseException) -> str | None:
     """``connect``, ``timeout`` or ``reset`` for a failed upstream call; None for other errors."""
-    if isinstance(error, UpstreamConnectError):
-        return "connect"
-    if isinstance(error, UpstreamTimeout):
-        return "timeout"
-    if isinstance(error, UpstreamError):
-        return "reset"
-    return None
+    outcome = error.outcome if isinstance(error, GatewayError) else None
+    return KINDS.get(outcome) if outcome is not None else None
 
 
 class RetryPolicy:
@@ -129,13 +130,6 @@ class RetryBudget:
         self.retries -= 1
 
 
-async def _buffer(body: Body) -> None:
-    try:
-        await body.read()
-    except BodyError as exc:
-        raise body_error(exc) from None
-
-
 def retry_layer(policy: RetryPolicy, budget: RetryBudget, available: Callable[[], bool],
                 counter: Counter, route: str, upstream: str) -> Layer[UpstreamRequest, Response]:
     """The retry loop around breaker → balancer → client. ``available()`` says whether any
@@ -155,7 +149,7 @@ def retry_layer(policy: RetryPolicy, budget: RetryBudget, available: Callable[[]
         body = request.body
         if (isinstance(body, Body) and not body.buffered and request.method in policy.methods
                 and body.length is not None and body.length <= REPLAY_LIMIT):
-            await _buffer(body)
+            await body.read()  # a broken upload raises its own 413/408 here
         replayable = not isinstance(body, Body) or body.buffered
         loop = asyncio.get_running_loop()
         tried = request.tried = set()

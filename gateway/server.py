@@ -10,8 +10,8 @@ from collections.abc import Callable
 from aiohttp import hdrs, web
 
 from gateway.compose import Handler
-from gateway.errors import BadRequest, GatewayError, InternalError, PayloadTooLarge, body_error, error_response
-from gateway.http import Body, BodyError, Request, Response
+from gateway.errors import BadRequest, GatewayError, InternalError, PayloadTooLarge, error_response
+from gateway.http import Body, Request, Response
 from gateway.hygiene import check_host, clean_headers
 from gateway.ids import new_request_id, sane_request_id
 from gateway.metrics import RequestMetrics
@@ -119,10 +119,8 @@ class Edge:
             if length is not None and length > limit:
                 raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {limit} bytes")
             return await handler(request)
-        except GatewayError as exc:
+        except GatewayError as exc:  # the client's body too: 413 or 408
             return error_response(exc, request.route, request.request_id)
-        except BodyError as exc:
-            return error_response(body_error(exc), request.route, request.request_id)
         except Exception:
             log.exception("route %s: unexpected error", request.route)
             return error_response(InternalError("the gateway failed to handle this request"),

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from gateway.balancer import Balancer
 from gateway.breaker import OPEN, STATES, Breaker, BreakerGroup, BreakerSync, breaker_layer
-from gateway.client import Sender, UpstreamRequest, outcome_of
+from gateway.client import Sender, UpstreamRequest
 from gateway.compose import Layer, compose
 from gateway.config_model import UpstreamConfig
 from gateway.errors import GatewayError, ServiceUnavailable, UpstreamConnectError
@@ -309,7 +309,9 @@ class _Tracked:
 
 
 def _measure(metrics: UpstreamMetrics) -> UpstreamLayer:
-    """Time each attempt to its response headers and count it by outcome."""
+    """Time each attempt to its response headers and count it by outcome: the answer's
+    (ok, http_error) or the error's own ``outcome``. An attempt ended by an error without
+    one (the client's upload broke off: 413/408) is neither timed nor counted."""
     observe = metrics.duration.observe
     count = metrics.count
 
@@ -318,8 +320,10 @@ def _measure(metrics: UpstreamMetrics) -> UpstreamLayer:
         try:
             response = await call_next(request)
         except GatewayError as exc:
-            observe(time.perf_counter() - start)
-            count(0, outcome_of(exc))
+            outcome = exc.outcome
+            if outcome is not None:
+                observe(time.perf_counter() - start)
+                count(0, outcome)
             raise
         observe(time.perf_counter() - start)
         status = response.status
