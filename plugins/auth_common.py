@@ -15,9 +15,7 @@ from typing import Annotated, ClassVar, Literal, NoReturn, TypeVar
 from prometheus_client import Counter
 from pydantic import Field
 
-from gateway import Plugin, PluginConfig, PluginContext, Request
-from gateway.errors import Unauthorized
-from gateway.metrics import Metrics
+from gateway import Metrics, Plugin, PluginConfig, PluginContext, Request, Unauthorized
 
 Reason = Literal["missing", "invalid", "expired"]
 REASONS: tuple[Reason, ...] = ("missing", "invalid", "expired")

@@ -9,9 +9,17 @@ from collections.abc import MutableMapping
 from multidict import CIMultiDict
 from pydantic import Field
 
-from gateway import Handler, Plugin, PluginConfig, PluginContext, Request, Response
-from gateway.config_model import Duration
-from gateway.errors import Forbidden, GatewayError
+from gateway import (
+    Duration,
+    Forbidden,
+    GatewayError,
+    Handler,
+    Plugin,
+    PluginConfig,
+    PluginContext,
+    Request,
+    Response,
+)
 
 
 class CorsConfig(PluginConfig):

@@ -8,9 +8,7 @@ from functools import lru_cache
 
 from pydantic import Field
 
-from gateway import Handler, Plugin, PluginConfig, PluginContext, Request, Response
-from gateway.config_model import Cidr
-from gateway.errors import Forbidden
+from gateway import Cidr, Forbidden, Handler, Plugin, PluginConfig, PluginContext, Request, Response
 
 
 class IpFilterConfig(PluginConfig):

@@ -21,9 +21,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 from pydantic import BeforeValidator, Field, WithJsonSchema, field_validator
 
-from gateway import Handler, PluginContext, Request, Response
-from gateway.config_model import DURATION_SCHEMA, Duration
-from gateway.units import parse_duration
+from gateway import DURATION_SCHEMA, Duration, Handler, PluginContext, Request, Response, parse_duration
 from plugins.auth_common import AuthConfig, AuthPlugin, HeaderName, Reason, safe_header_value
 from plugins.jwks import JwkEntry, JwksKeys, PublicKey, key_fits, load_public_key
 

@@ -24,10 +24,18 @@ from typing import Annotated, Literal
 from prometheus_client import Counter
 from pydantic import AfterValidator, PositiveInt
 
-from gateway import Handler, Plugin, PluginConfig, PluginContext, Request, Response
-from gateway.config_model import Duration
-from gateway.errors import GatewayError, ServiceUnavailable
-from gateway.redis_pool import check_url
+from gateway import (
+    Duration,
+    GatewayError,
+    Handler,
+    Plugin,
+    PluginConfig,
+    PluginContext,
+    Request,
+    Response,
+    ServiceUnavailable,
+    check_url,
+)
 from plugins.ratelimit_algo import Decision, Limit, Quota, verdict
 from plugins.ratelimit_store import LocalStore, RedisStore, RedisUnavailable
 

@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from gateway.redis_pool import RedisPool, RedisUnavailable
+from gateway import RedisPool, RedisUnavailable
 from plugins.ratelimit_algo import Decision, Limit, decide
 
 if TYPE_CHECKING:

@@ -3,8 +3,7 @@ that clients send. Without this plugin the gateway uses X-Request-ID and trusts 
 
 from __future__ import annotations
 
-from gateway import Handler, Plugin, PluginConfig, Request, Response
-from gateway.ids import new_request_id, sane_request_id
+from gateway import Handler, Plugin, PluginConfig, Request, Response, new_request_id, sane_request_id
 
 
 class RequestIdConfig(PluginConfig):

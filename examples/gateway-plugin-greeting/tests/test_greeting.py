@@ -8,9 +8,8 @@ from typing import Any
 import pytest
 from gateway_plugin_greeting import Greeting
 
+from gateway import Request, Response, UpstreamError
 from gateway.config_load import ConfigError, load_text
-from gateway.errors import UpstreamError
-from gateway.http import Request, Response
 from gateway.registry import Registry
 from gateway.testing import FakeUpstream, ValidationError, build_plugin, make_request, run_plugin
 
