@@ -19,12 +19,12 @@ from typing import Any
 
 from multidict import CIMultiDict
 
-from gateway.client import UpstreamRequest
 from gateway.config_model import UpstreamConfig
 from gateway.http import Response
 from gateway.metrics import Metrics
 from gateway.plugin import ClientHolder
-from gateway.upstream import Upstream
+from gateway.upstream.request import UpstreamRequest
+from gateway.upstream.stack import Upstream
 
 TARGETS = ["http://127.0.0.1:9001", "http://127.0.0.1:9002"]
 BREAKER = {"failures": 5, "reset_timeout": "30s"}

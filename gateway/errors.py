@@ -22,7 +22,7 @@ call is not counted, because the failure was not the upstream's).
     │   ├── UpstreamConnectError  502    connect_error  refused, unreachable: nothing was sent
     │   └── UpstreamReset         502    reset          the connection broke mid-exchange
     ├── ServiceUnavailable        503    -              + Retry-After when known; no usable target
-    │   └── CircuitOpen           503    circuit_open   (gateway.breaker) the breaker is open
+    │   └── CircuitOpen           503    circuit_open   (gateway.upstream.breaker) the breaker is open
     └── GatewayTimeout            504    -
         └── UpstreamTimeout       504    timeout        no response head in time
 

@@ -1,7 +1,7 @@
 """The gateway's own request and response types, the only ones plugins see.
 
 aiohttp's types stay at the edge (gateway.server) and in the upstream client
-(gateway.client); everything between works on these small objects, so a plugin can
+(gateway.upstream.sender); everything between works on these small objects, so a plugin can
 be tested without a server (see gateway.testing).
 """
 

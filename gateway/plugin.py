@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict
 from gateway.compose import Handler
 from gateway.config_model import ConsumerConfig, GatewaySettings
 from gateway.http import Request, Response
-from gateway.http1 import Http1Client
 from gateway.redis_pool import RedisHolder
+from gateway.upstream.http1 import Http1Client
 
 if TYPE_CHECKING:
     from gateway.metrics import Metrics
@@ -34,7 +34,7 @@ class ClientHolder:
 
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
-        self.http1 = Http1Client()  # the proxy's and steps' lean pools (gateway.http1)
+        self.http1 = Http1Client()  # the proxy's and steps' lean pools (gateway.upstream.http1)
         self.redis = RedisHolder()  # the process's Redis pool(s), closed when the process drains
 
     @property

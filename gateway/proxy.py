@@ -10,14 +10,13 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from gateway.client import UpstreamRequest
 from gateway.config_model import PATH_PARAM
 from gateway.errors import BadRequest
 from gateway.forwarding import TrustedProxies, strip_hop_by_hop
 from gateway.http import Request, Response
 from gateway.normalize import has_dot_segment, routing_form
-from gateway.upstream import UpstreamHandler
-from gateway.websocket import wants_websocket
+from gateway.upstream.request import UpstreamHandler, UpstreamRequest
+from gateway.upstream.websocket import wants_websocket
 
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
 

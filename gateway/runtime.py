@@ -27,7 +27,7 @@ from gateway.orchestration.plan import Plan
 from gateway.orchestration.terminal import OrchestrationTerminal
 from gateway.plugin import ClientHolder, Plugin, PluginContext
 from gateway.proxy import ProxyTerminal
-from gateway.upstream import Upstream
+from gateway.upstream.stack import Upstream
 
 
 @dataclass(frozen=True)

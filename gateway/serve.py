@@ -13,13 +13,13 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.admin import AdminSource, admin_app
-from gateway.client import new_session
 from gateway.config_load import ConfigError, LoadedConfig, load_config
 from gateway.connections import BoundedServer, ConnectionLimits
 from gateway.metrics import MALFORMED, Metrics, RequestMetrics, render
 from gateway.plugin import ClientHolder
 from gateway.runtime import Runtime
 from gateway.server import Edge
+from gateway.upstream.sender import new_session
 
 log = logging.getLogger("gateway")
 

@@ -11,10 +11,10 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
-from gateway.client import UpstreamRequest, map_client_error
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
 from gateway.orchestration.engine import StepCall, StepReply
-from gateway.upstream import UpstreamHandler
+from gateway.upstream.request import UpstreamHandler, UpstreamRequest
+from gateway.upstream.sender import map_client_error
 
 DEFAULT_LIMIT = 10 * 1024 * 1024
 

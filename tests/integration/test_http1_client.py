@@ -1,4 +1,4 @@
-"""The lean upstream client (gateway.http1) against raw upstreams: keep-alive reuse, stale
+"""The lean upstream client (gateway.upstream.http1) against raw upstreams: keep-alive reuse, stale
 connections, framing cases, timeouts, flow control."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pytest
 from multidict import CIMultiDict
 
 from gateway.errors import UpstreamConnectError, UpstreamReset, UpstreamTimeout
-from gateway.http1 import Http1Client
 from gateway.serve import free_port
+from gateway.upstream.http1 import Http1Client
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -299,7 +299,7 @@ async def test_idle_connections_are_swept() -> None:
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
             await writer.drain()
 
-    import gateway.http1 as http1
+    import gateway.upstream.http1 as http1
 
     client = Http1Client()
     async with raw_server(serve) as (target, _):

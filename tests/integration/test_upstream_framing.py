@@ -3,7 +3,7 @@ exactly, and one client's answer never reaches another client.
 
 The upstreams here are raw sockets that write exact bytes: an answer followed by more bytes
 (a second answer, garbage, CR/LF), a body where none may be, bytes arriving on a parked
-connection. The lean client (gateway.http1) is checked directly, then the whole gateway,
+connection. The lean client (gateway.upstream.http1) is checked directly, then the whole gateway,
 then a fuzz run of concurrent clients against an upstream drawing a framing fault per request.
 """
 
@@ -22,7 +22,7 @@ import pytest
 from multidict import CIMultiDict
 
 from gateway.errors import UpstreamError, UpstreamReset
-from gateway.http1 import Http1Client
+from gateway.upstream.http1 import Http1Client
 from tests.conftest import StartGateway, url
 
 IO_TIMEOUT = 5.0

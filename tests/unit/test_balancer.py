@@ -6,8 +6,8 @@ from collections import Counter
 
 import pytest
 
-from gateway.balancer import Balancer
 from gateway.errors import ServiceUnavailable
+from gateway.upstream.balancer import Balancer
 
 A, B, C = "http://a:1", "http://b:1", "http://c:1"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.breaker import CLOSED, HALF_OPEN, OPEN, Breaker, BreakerGroup, CircuitOpen
 from gateway.config_model import BreakerConfig
+from gateway.upstream.breaker import CLOSED, HALF_OPEN, OPEN, Breaker, BreakerGroup, CircuitOpen
 
 A, B = "http://a:1", "http://b:1"
 

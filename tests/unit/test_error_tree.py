@@ -8,8 +8,6 @@ from typing import get_args
 import pytest
 
 import gateway.http
-from gateway.breaker import CircuitOpen
-from gateway.client import map_client_error
 from gateway.config_model import RetryConfig
 from gateway.errors import (
     BadRequest,
@@ -36,7 +34,9 @@ from gateway.errors import (
     error_response,
 )
 from gateway.http import Body
-from gateway.retry import KINDS, RetryPolicy, failure_kind
+from gateway.upstream.breaker import CircuitOpen
+from gateway.upstream.retry import KINDS, RetryPolicy, failure_kind
+from gateway.upstream.sender import map_client_error
 
 TREE: list[tuple[GatewayError, int, str | None]] = [
     (GatewayError(), 500, None),

@@ -8,11 +8,11 @@ from email.utils import formatdate
 import pytest
 from multidict import CIMultiDict
 
-from gateway.breaker import CircuitOpen
 from gateway.config_model import RetryConfig
 from gateway.errors import PayloadTooLarge, ServiceUnavailable, UpstreamConnectError, UpstreamReset, UpstreamTimeout
 from gateway.http import Response
-from gateway.retry import IDEMPOTENT, RetryBudget, RetryPolicy, failure_kind, retry_after
+from gateway.upstream.breaker import CircuitOpen
+from gateway.upstream.retry import IDEMPOTENT, RetryBudget, RetryPolicy, failure_kind, retry_after
 
 
 def policy(**options: object) -> RetryPolicy:

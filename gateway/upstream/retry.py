@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING
 
 from aiohttp_retry import ExponentialRetry
 
-from gateway.client import UpstreamRequest
 from gateway.compose import Layer
 from gateway.config_model import RetryConfig
 from gateway.errors import GatewayError, UpstreamOutcome
 from gateway.http import Body, Response
+from gateway.upstream.request import UpstreamRequest
 
 if TYPE_CHECKING:  # prometheus_client must not be imported before multiprocess mode is set up
     from prometheus_client import Counter

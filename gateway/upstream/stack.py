@@ -19,26 +19,25 @@ import math
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
-from gateway.balancer import Balancer
-from gateway.breaker import OPEN, STATES, Breaker, BreakerGroup, BreakerSync, breaker_layer
-from gateway.client import Sender, UpstreamRequest
-from gateway.compose import Layer, compose
+from gateway.compose import compose
 from gateway.config_model import UpstreamConfig
 from gateway.errors import GatewayError, ServiceUnavailable, UpstreamConnectError
-from gateway.health import Health
 from gateway.http import BodyStream, Response
 from gateway.plugin import ClientHolder
-from gateway.retry import RetryBudget, RetryPolicy, retry_layer
+from gateway.upstream.balancer import Balancer
+from gateway.upstream.breaker import OPEN, STATES, Breaker, BreakerGroup, BreakerSync, breaker_layer
+from gateway.upstream.health import Health
+from gateway.upstream.request import UpstreamHandler, UpstreamLayer, UpstreamRequest
+from gateway.upstream.retry import RetryBudget, RetryPolicy, retry_layer
+from gateway.upstream.sender import Sender
 
 if TYPE_CHECKING:  # prometheus_client must not be imported before multiprocess mode is set up
     from gateway.metrics import Metrics, UpstreamMetrics
 
-UpstreamHandler = Callable[[UpstreamRequest], Awaitable[Response]]
-UpstreamLayer = Layer[UpstreamRequest, Response]
-log = logging.getLogger("gateway.upstream")
+log = logging.getLogger("gateway.upstream.stack")
 _NONE: frozenset[str] = frozenset()
 
 

@@ -12,9 +12,10 @@ import aiohttp
 from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 
-from gateway.client import UpstreamRequest, map_client_error
 from gateway.errors import GatewayError, UpstreamError
 from gateway.http import Response
+from gateway.upstream.request import UpstreamRequest
+from gateway.upstream.sender import map_client_error
 
 
 def wants_websocket(headers: CIMultiDict[str]) -> bool:

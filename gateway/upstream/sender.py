@@ -1,5 +1,5 @@
 """The innermost hop of every upstream stack (``Sender``: one exchange over the process's
-lean HTTP/1.1 pools, gateway.http1), the aiohttp session kept for WebSockets, health
+lean HTTP/1.1 pools, gateway.upstream.http1), the aiohttp session kept for WebSockets, health
 probes and plugins, and the one place client errors become the gateway's own errors."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import aiohttp
 from gateway.config_model import UpstreamTimeouts
 from gateway.errors import GatewayError, UpstreamConnectError, UpstreamError, UpstreamReset, UpstreamTimeout
 from gateway.http import Body, Response
+from gateway.upstream.request import UpstreamRequest
 
 
 def new_session() -> aiohttp.ClientSession:
@@ -28,38 +29,6 @@ def new_session() -> aiohttp.ClientSession:
         timeout=aiohttp.ClientTimeout(total=None),
         raise_for_status=False,
     )
-
-
-class UpstreamRequest:
-    """One call to an upstream as the upstream stack sees it."""
-
-    __slots__ = (
-        "method", "path_qs", "headers", "body", "route", "upstream", "target", "attempt", "deadline", "websocket",
-        "tried",
-    )
-
-    def __init__(
-        self,
-        method: str,
-        path_qs: str,
-        headers: Any,
-        body: Body | bytes | None,
-        *,
-        route: str,
-        upstream: str,
-        deadline: float,
-    ) -> None:
-        self.method = method
-        self.path_qs = path_qs
-        self.headers = headers
-        self.body = body
-        self.route = route
-        self.upstream = upstream
-        self.target = ""
-        self.attempt = 1
-        self.deadline = deadline  # loop time by which response headers must have arrived
-        self.websocket = False  # ask the upstream to switch to WebSocket
-        self.tried: set[str] | None = None  # targets earlier attempts went to (set by the retry layer)
 
 
 class Sender:
@@ -79,7 +48,7 @@ class Sender:
             loop = self._loop = asyncio.get_running_loop()
         deadline = min(request.deadline, loop.time() + self._response_timeout)
         if request.websocket:
-            from gateway.websocket import open_websocket
+            from gateway.upstream.websocket import open_websocket
 
             request.deadline = deadline
             return await open_websocket(self._sessions.session, request, self._max_msg_size)

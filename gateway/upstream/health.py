@@ -18,7 +18,7 @@ import aiohttp
 from gateway.config_model import HealthConfig
 from gateway.plugin import ClientHolder
 
-log = logging.getLogger("gateway.health")
+log = logging.getLogger("gateway.upstream.health")
 PROBE_HEADERS = {"User-Agent": "gateway-health-check"}
 
 

@@ -23,19 +23,19 @@ from typing import TYPE_CHECKING, Any
 
 import pybreaker
 
-from gateway.client import UpstreamRequest
 from gateway.compose import Layer
 from gateway.config_model import BreakerConfig
 from gateway.errors import GatewayTimeout, ServiceUnavailable, UpstreamError
 from gateway.http import Response
 from gateway.redis_pool import RedisPool, RedisUnavailable
+from gateway.upstream.request import UpstreamRequest
 
 if TYPE_CHECKING:  # prometheus_client must not be imported before multiprocess mode is set up
     from redis.asyncio import Redis
 
     from gateway.metrics import UpstreamMetrics
 
-log = logging.getLogger("gateway.breaker")
+log = logging.getLogger("gateway.upstream.breaker")
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 STATES = (CLOSED, OPEN, HALF_OPEN)

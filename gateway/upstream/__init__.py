@@ -1,0 +1,13 @@
+"""The upstream side: everything between a terminal and a service.
+
+    request.py    UpstreamRequest, the handler/layer types every layer shares
+    stack.py      Upstream (the stack per route: retry -> breaker -> balancer -> measure -> sender)
+                  and UpstreamState (what survives reloads)
+    retry.py  breaker.py  balancer.py  health.py     the policies
+    sender.py     the innermost hop and the one place client errors are mapped
+    http1.py      the pooled HTTP/1.1 client
+    websocket.py  the WebSocket relay for routes with ``websocket = true``
+
+Nothing is imported here, so ``import gateway.upstream.request`` stays light (orchestration
+used as a library needs no breaker, Redis or health checks).
+"""
