@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
+import socket
 import statistics
 import subprocess
 import tempfile
@@ -22,11 +23,16 @@ import time
 from gateway.config_model import GatewaySettings
 from gateway.http import Request, Response
 from gateway.process_main import event_loop_runner
-from gateway.serve import free_port
 from gateway.testing import build_plugin, make_request
 from plugins.rate_limit import RateLimit
 
 OK = Response(200)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 async def _next(_: Request) -> Response:

@@ -1,4 +1,4 @@
-"""The ``gateway`` command (SPEC §1): run, check, schema, routes, demo."""
+"""The ``gateway`` command (docs/operations.md): run, check, schema, routes, demo."""
 
 from __future__ import annotations
 

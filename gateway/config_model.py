@@ -1,4 +1,4 @@
-"""The typed shape of routes.toml (SPEC §2). Validation that needs more than one field
+"""The typed shape of routes.toml (docs/configuration.md). Validation that needs more than one field
 at a time (references between sections, plugin options) lives in gateway.config_load."""
 
 from __future__ import annotations
@@ -358,7 +358,7 @@ Method = Literal["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TR
 
 
 class StepConfig(Strict):
-    """One call of an orchestrated route (SPEC §6)."""
+    """One call of an orchestrated route (docs/orchestration.md)."""
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")]
     upstream: str

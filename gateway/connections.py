@@ -28,10 +28,10 @@ from aiohttp.web_protocol import RequestHandler
 from prometheus_client import Gauge
 
 from gateway.config_model import GatewaySettings
+from gateway.edge import Whole
 from gateway.errors import BadRequest, GatewayError, HeadersTooLarge, UriTooLong, error_response
 from gateway.ids import new_request_id
 from gateway.metrics import RequestMetrics
-from gateway.server import Whole
 
 log = logging.getLogger("gateway.connections")
 # What the parser quotes when the request line (or its target) is too long: "GET /..." or "/...".

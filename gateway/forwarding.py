@@ -1,5 +1,5 @@
 """What a proxy does to headers: drop hop-by-hop ones both ways, work out the client's
-address behind trusted proxies, and add the X-Forwarded-* headers (SPEC §3)."""
+address behind trusted proxies, and add the X-Forwarded-* headers (docs/configuration.md)."""
 
 from __future__ import annotations
 

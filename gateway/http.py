@@ -1,6 +1,6 @@
 """The gateway's own request and response types, the only ones plugins see.
 
-aiohttp's types stay at the edge (gateway.server) and in the upstream client
+aiohttp's types stay at the edge (gateway.edge) and in the upstream client
 (gateway.upstream.sender); everything between works on these small objects, so a plugin can
 be tested without a server (see gateway.testing).
 """
@@ -20,8 +20,6 @@ from multidict import CIMultiDict, MultiDict
 from gateway.errors import BodyError as BodyError
 from gateway.errors import BodyStalled as BodyStalled
 from gateway.errors import BodyTooLarge as BodyTooLarge
-
-CHUNK = 64 * 1024
 
 
 class Body:

@@ -46,7 +46,7 @@ def mark_process_dead(pid: int) -> None:
 
 
 class Metrics:
-    """Every metric of SPEC §9, registered in this gateway's own registry."""
+    """Every metric in docs/operations.md, registered in this gateway's own registry."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()

@@ -1,4 +1,4 @@
-"""The plugin API (SPEC §10): a name, a typed config, one async ``handle`` method.
+"""The plugin API (docs/plugins.md): a name, a typed config, one async ``handle`` method.
 
 A plugin answers early, changes the request, calls the rest of the chain, or changes the
 response. The gateway times and counts every plugin; plugins do not measure themselves.

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config_load import ConfigError, LoadedConfig
-from gateway.serve import GatewayProcess
+from gateway.process import GatewayProcess
 from gateway.watch import watch_file
 
 log = logging.getLogger("gateway")

@@ -1,4 +1,4 @@
-"""The proxy terminal: turn the client's request into the upstream call (SPEC §3) and
+"""The proxy terminal: turn the client's request into the upstream call (docs/configuration.md) and
 hand back the upstream's answer as a stream."""
 
 from __future__ import annotations

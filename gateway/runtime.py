@@ -44,7 +44,7 @@ class CompiledRoute:
 
 async def _route_marker(request: web.Request) -> web.StreamResponse:  # pragma: no cover
     """aiohttp's router needs a handler per route; the Runtime maps routes to chains instead."""
-    raise RuntimeError("routes are dispatched by gateway.server, not by aiohttp")
+    raise RuntimeError("routes are dispatched by gateway.edge, not by aiohttp")
 
 
 # What a route without `methods` answers (TRACE and CONNECT only when a route names them).

@@ -21,8 +21,8 @@ from aiohttp import web
 from gateway.admin import AdminSource, admin_app
 from gateway.config_load import ConfigError, LoadedConfig, load_config
 from gateway.plugin import ClientHolder
+from gateway.process import split_listen
 from gateway.process_main import StartupError, listen_failure, one_line, run_main
-from gateway.serve import split_listen
 
 log = logging.getLogger("gateway.supervisor")
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"

@@ -1,4 +1,4 @@
-"""``gateway run --watch``: reload when the config file changes (SPEC §7).
+"""``gateway run --watch``: reload when the config file changes (docs/operations.md).
 
 Polls the file's modification time and size (no inotify dependency; works on every
 filesystem, including Kubernetes ConfigMap mounts, whose files are swapped by symlink).

@@ -1,5 +1,5 @@
 """``rate_limit``: ``limit`` requests per ``window`` per key (GCRA, see ratelimit_algo), in
-this process or shared through Redis, with the RateLimit headers and 429 (SPEC §4).
+this process or shared through Redis, with the RateLimit headers and 429 (docs/rate-limiting.md).
 
     [[routes.plugins]]
     use = "rate_limit"

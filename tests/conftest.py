@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, settings
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config_load import load_text
-from gateway.serve import GatewayProcess, free_port
+from gateway.process import GatewayProcess
+from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

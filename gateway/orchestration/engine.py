@@ -2,7 +2,7 @@
 under one deadline for the whole answer; results are shaped and merged in declaration
 order, whatever order they arrived in.
 
-Usable without the gateway (SPEC §6): give ``Orchestrator`` a plan (or step tables) and a
+Usable without the gateway (docs/orchestration.md): give ``Orchestrator`` a plan (or step tables) and a
 ``StepCaller`` — e.g. ``SessionCaller`` over an aiohttp session — and ``await run(...)``.
 """
 

@@ -1,5 +1,5 @@
 """The orchestration terminal: a route with ``[[routes.steps]]`` answers with the merged
-result of its steps (SPEC §6)."""
+result of its steps (docs/orchestration.md)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""Circuit breakers (SPEC §5): pybreaker's state machine, driven from asyncio.
+"""Circuit breakers (docs/resilience.md): pybreaker's state machine, driven from asyncio.
 
 pybreaker counts consecutive failures and moves closed → open → half-open → closed. What it
-lacks on an event loop is added here (LIBRARIES.md): a bounded number of half-open probes
+lacks on an event loop is added here (docs/resilience.md): a bounded number of half-open probes
 (pybreaker admits every concurrent call), a neutral outcome for a call whose client went
 away (pybreaker knows only success and failure), and a monotonic clock for the open period.
 Only the header phase of a call is judged; a body that breaks off later is not.

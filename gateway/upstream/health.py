@@ -1,4 +1,4 @@
-"""Target health (SPEC §5): active probes in the background, passive marking from real calls.
+"""Target health (docs/resilience.md): active probes in the background, passive marking from real calls.
 
 A target is marked down after ``unhealthy_after`` failures in a row — failed probes, or
 real calls that could not connect or got a 5xx — and up again only by active probes, after

@@ -33,11 +33,11 @@ import httptools
 from multidict import CIMultiDict
 
 from gateway.errors import GatewayError, UpstreamConnectError, UpstreamError, UpstreamReset, UpstreamTimeout
+from gateway.upstream.request import IDEMPOTENT
 
 IDLE_KEEPALIVE = 15.0  # seconds an idle connection is kept (shorter than common upstream idle timeouts)
 MAX_IDLE = 256  # idle connections kept per target
 HIGH_WATER = 256 * 1024  # buffered body bytes before the upstream socket is paused
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 

@@ -9,6 +9,9 @@ from typing import Any
 from gateway.compose import Layer
 from gateway.http import Body, Response
 
+# Idempotent methods (RFC 9110 §9.2.2): safe to send again when a connection broke before an answer.
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+
 
 class UpstreamRequest:
     """One call to an upstream as the upstream stack sees it."""

@@ -1,7 +1,7 @@
-"""Retries (SPEC §5): which failures are retried, when, how often, and the loop itself.
+"""Retries (docs/resilience.md): which failures are retried, when, how often, and the loop itself.
 
 aiohttp-retry's ``ExponentialRetry`` gives the backoff ceiling; the loop is ours because its
-RetryClient is unsafe here (LIBRARIES.md): every failed response is released before the
+RetryClient is unsafe here (docs/resilience.md): every failed response is released before the
 sleep, only replayable bodies are sent again, and the route deadline and a retry budget
 bound the whole thing.
 
@@ -31,12 +31,13 @@ from gateway.compose import Layer
 from gateway.config_model import RetryConfig
 from gateway.errors import GatewayError, UpstreamOutcome
 from gateway.http import Body, Response
-from gateway.upstream.request import UpstreamRequest
+from gateway.upstream.request import IDEMPOTENT, UpstreamRequest
 
 if TYPE_CHECKING:  # prometheus_client must not be imported before multiprocess mode is set up
     from prometheus_client import Counter
 
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+# Retried by default: the idempotent methods a route proxies (TRACE is answered 405 unless named).
+RETRY_METHODS = IDEMPOTENT - {"TRACE"}
 REPLAY_LIMIT = 64 * 1024  # request bodies up to this Content-Length are buffered so they can be replayed
 ATTEMPT_HEADER = "X-Gateway-Attempt"
 
@@ -73,7 +74,7 @@ class RetryPolicy:
 
     def __init__(self, config: RetryConfig, rng: random.Random | None = None) -> None:
         self.attempts = config.attempts
-        self.methods = frozenset(m.upper() for m in config.methods) if config.methods is not None else IDEMPOTENT
+        self.methods = frozenset(m.upper() for m in config.methods) if config.methods is not None else RETRY_METHODS
         self.statuses = frozenset(x for x in config.on if isinstance(x, int))
         self.kinds = frozenset(x for x in config.on if isinstance(x, str))
         self.max_backoff = config.max_backoff

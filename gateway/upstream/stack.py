@@ -1,4 +1,4 @@
-"""An upstream and the stack every call to it goes through (SPEC §2, §5):
+"""An upstream and the stack every call to it goes through (docs/configuration.md, docs/resilience.md):
 
     retry ─▶ breaker ─▶ balancer ─▶ measure ─▶ sender (pooled client)    scope = "upstream"
     retry ─▶ balancer ─▶ breaker ─▶ measure ─▶ sender                    scope = "target"

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from gateway.config_load import load_config
-from gateway.serve import GatewayProcess
+from gateway.process import GatewayProcess
 from tests.conftest import metric, scrape
 
 TOKEN = "admin-token-8c1f0e"

@@ -1,4 +1,4 @@
-"""Authentication against real upstreams on 127.0.0.1 (SPEC §4, §9): what the client gets,
+"""Authentication against real upstreams on 127.0.0.1 (docs/auth.md, docs/operations.md): what the client gets,
 what the upstream receives, and exactly what gateway_auth_failures_total counts."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from gateway.serve import GatewayProcess
+from gateway.process import GatewayProcess
 from tests.conftest import StartGateway, StartUpstream, Upstream, metric, scrape, url
 from tests.unit.test_auth_basic import basic, bcrypt_hash, pbkdf2_hash
 from tests.unit.test_auth_jwt import SECRET, bearer, forged_token, jwk, public_pem, rsa_key, token

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from gateway.serve import GatewayProcess
+from gateway.process import GatewayProcess
 from tests.conftest import StartGateway, StartUpstream, Upstream, metric, scrape, url
 from tests.integration.test_proxy_headers import RawResponse, raw_exchange
 from tests.unit.test_auth_basic import bcrypt_hash

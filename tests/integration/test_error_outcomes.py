@@ -10,9 +10,9 @@ import aiohttp
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.serve import free_port
 from tests.conftest import StartGateway, StartUpstream, metric, scrape, url
 from tests.integration.test_errors import assert_problem
+from tests.support import free_port
 
 REQUESTS = "gateway_upstream_requests_total"
 DURATION = "gateway_upstream_request_duration_seconds_count"

@@ -1,4 +1,4 @@
-"""SPEC §8: every error the gateway makes itself is an RFC 9457 problem document."""
+"""Every error the gateway makes itself is an RFC 9457 problem document."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from gateway.serve import free_port
 from tests.conftest import StartGateway, StartUpstream, url
 from tests.integration.test_proxy_headers import raw_connection, raw_upstream, read_request_head, read_response
+from tests.support import free_port
 
 PROBLEM_KEYS = {"type", "title", "status", "detail", "request_id"}
 

@@ -13,8 +13,8 @@ import pytest
 from multidict import CIMultiDict
 
 from gateway.errors import UpstreamConnectError, UpstreamReset, UpstreamTimeout
-from gateway.serve import free_port
 from gateway.upstream.http1 import Http1Client
+from tests.support import free_port
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

@@ -1,4 +1,4 @@
-"""SPEC §9: exact metric values after known traffic, and the admin endpoints."""
+"""Exact metric values after known traffic, and the admin endpoints."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 import gateway as gateway_package
-from gateway.serve import GatewayProcess, free_port
+from gateway.process import GatewayProcess
 from tests.conftest import StartGateway, StartUpstream, scrape, url
+from tests.support import free_port
 
 PROMTOOL = "/usr/bin/promtool"
 

@@ -1,4 +1,4 @@
-"""Orchestrated routes against real, delayed and failing upstreams (SPEC §6)."""
+"""Orchestrated routes against real, delayed and failing upstreams (docs/orchestration.md)."""
 
 from __future__ import annotations
 

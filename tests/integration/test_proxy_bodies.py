@@ -1,4 +1,4 @@
-"""SPEC §3, bodies: bytes pass through identical, framing is kept, memory stays flat."""
+"""Proxying, bodies: bytes pass through identical, framing is kept, memory stays flat."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SPEC §3, headers: what the upstream receives and what the client gets back.
+"""Proxying, headers: what the upstream receives and what the client gets back.
 
 Where exactness matters (which headers a request carries, how a response is framed) the
 client is a raw asyncio socket, because aiohttp's own client adds headers itself; where the

@@ -1,4 +1,4 @@
-"""SPEC §5: the circuit breaker against real failing upstreams on 127.0.0.1."""
+"""The circuit breaker against real failing upstreams on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ import pytest
 from aiohttp import web
 
 from gateway.config_load import load_config
-from gateway.serve import GatewayProcess, free_port
+from gateway.process import GatewayProcess
 from tests.conftest import StartGateway, StartUpstream, metric, scrape, url
 from tests.integration.ratelimit.conftest import RedisServer
 from tests.integration.test_errors import assert_problem
+from tests.support import free_port
 
 REQUESTS = "gateway_upstream_requests_total"
 REJECTED = "gateway_circuit_breaker_rejected_total"

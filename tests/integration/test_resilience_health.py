@@ -1,4 +1,4 @@
-"""SPEC §5: active health checks, passive marking and recovery, against real upstreams."""
+"""Active health checks, passive marking and recovery, against real upstreams."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from gateway.serve import GatewayProcess, free_port
+from gateway.process import GatewayProcess
 from tests.conftest import StartGateway, StartUpstream, metric, scrape, url
 from tests.integration.test_errors import assert_problem
+from tests.support import free_port
 
 UP = "gateway_upstream_target_up"
 REQUESTS = "gateway_upstream_requests_total"

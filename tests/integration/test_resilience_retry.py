@@ -1,4 +1,4 @@
-"""SPEC §5: retries against real failing upstreams on 127.0.0.1."""
+"""Retries against real failing upstreams on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from gateway.serve import GatewayProcess, free_port
+from gateway.process import GatewayProcess
 from tests.conftest import StartGateway, StartUpstream, Upstream, metric, scrape, url
 from tests.integration.test_errors import assert_problem
+from tests.support import free_port
 
 REQUESTS = "gateway_upstream_requests_total"
 RETRIES = "gateway_retries_total"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.serve import free_port
+from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -60,7 +60,7 @@ async def test_websocket_upgrade_is_not_proxied_unless_enabled(
 async def test_websocket_upstream_down_is_a_502_problem(
     gateway: StartGateway, http: aiohttp.ClientSession
 ) -> None:
-    from gateway.serve import free_port
+    from tests.support import free_port
 
     gw = await gateway(_config(f"http://127.0.0.1:{free_port()}", True))
     async with http.get(url(gw, "/ws"), headers={"Upgrade": "websocket", "Connection": "Upgrade",

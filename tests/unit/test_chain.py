@@ -1,4 +1,4 @@
-"""compose() and the timed chain: order, self-time per plugin, crashes become 500."""
+"""``compose()`` and the timed chain: order, self-time per plugin, crashes become 500."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The ``gateway`` command run as a user runs it: a subprocess (SPEC §1)."""
+"""The ``gateway`` command run as a user runs it: a subprocess (docs/operations.md)."""
 
 from __future__ import annotations
 
@@ -275,7 +275,7 @@ def test_run_refuses_bad_options_in_one_line(tmp_path: Path, options: list[str],
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_run_with_a_plugin_that_cannot_be_built_fails_like_check(tmp_path: Path, workers: str) -> None:
-    from gateway.serve import free_port
+    from tests.support import free_port
 
     path = write(tmp_path, GOOD.replace('allow = ["10.0.0.0/8"]', ""))
     result = gateway("run", str(path), "--listen", f"127.0.0.1:{free_port()}", "--admin-listen", "",

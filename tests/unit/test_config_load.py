@@ -1,4 +1,5 @@
-"""Loading routes.toml: every problem found at once, each with its dotted location (SPEC §1, §2)."""
+"""Loading routes.toml: every problem found at once, each with its dotted location
+(docs/configuration.md)."""
 
 from __future__ import annotations
 
@@ -208,7 +209,7 @@ class LimitConfig(PluginConfig):
 
 
 class FakeRateLimit(Plugin[LimitConfig]):
-    """A stand-in with an integer option, to check the SPEC's own example message."""
+    """A stand-in with an integer option, to check the documented example message."""
 
     name = "rate_limit"
     Config = LimitConfig

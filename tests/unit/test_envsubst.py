@@ -1,4 +1,4 @@
-"""``${VAR}`` and ``${VAR:-default}`` in every string of a parsed config (SPEC §2)."""
+"""``${VAR}`` and ``${VAR:-default}`` in every string of a parsed config (docs/configuration.md)."""
 
 from __future__ import annotations
 

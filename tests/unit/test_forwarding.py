@@ -1,4 +1,4 @@
-"""Hop-by-hop headers and the client address behind trusted proxies (SPEC §3)."""
+"""Hop-by-hop headers and the client address behind trusted proxies (docs/configuration.md)."""
 
 from __future__ import annotations
 

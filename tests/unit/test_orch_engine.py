@@ -1,4 +1,4 @@
-"""The Orchestrator (SPEC §6) with a fake StepCaller: concurrency, dependencies, merge order,
+"""The Orchestrator (docs/orchestration.md) with a fake StepCaller: concurrency, dependencies, merge order,
 failures, the route budget, ``when``, ``for_each`` and observers."""
 
 from __future__ import annotations

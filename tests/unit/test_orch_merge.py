@@ -1,4 +1,4 @@
-"""Merging step results (SPEC §6): shallow / deep, arrays replace / concat, declaration order wins."""
+"""Merging step results (docs/orchestration.md): shallow / deep, arrays replace / concat, declaration order wins."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Planning a route's steps (SPEC §6): dependencies, located config errors, cycles."""
+"""Planning a route's steps (docs/orchestration.md): dependencies, located config errors, cycles."""
 
 from __future__ import annotations
 

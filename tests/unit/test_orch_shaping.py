@@ -1,4 +1,4 @@
-"""Shaping a step's JSON (SPEC §6): pick → select/drop → rename → into; inputs never mutated."""
+"""Shaping a step's JSON (docs/orchestration.md): pick → select/drop → rename → into; inputs never mutated."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Step templates (SPEC §6): compiling, references, URL encoding, typed values, lookups, truthiness."""
+"""Step templates (docs/orchestration.md): compiling, references, URL encoding, typed values, lookups, truthiness."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The built-in plugins request_id, headers, cors and ip_filter, without a server (SPEC §4)."""
+"""The built-in plugins request_id, headers, cors and ip_filter, without a server (docs/plugins.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""rate_limit without a server: keys, headers, errors, the local store, the Redis breaker."""
+"""``rate_limit`` without a server: keys, headers, errors, the local store, the Redis breaker."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from gateway import Request
 from gateway.config_model import GatewaySettings
 from gateway.metrics import Metrics
 from gateway.redis_pool import Breaker, RedisPool, RedisUnavailable
-from gateway.serve import free_port
 from gateway.testing import FakeUpstream, ValidationError, build_plugin, make_request, run_plugin
 from plugins.rate_limit import RateLimit
 from plugins.ratelimit_algo import Limit
 from plugins.ratelimit_store import LocalStore
+from tests.support import free_port
 
 S = 1_000_000
 

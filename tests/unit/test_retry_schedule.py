@@ -12,7 +12,7 @@ from gateway.config_model import RetryConfig
 from gateway.errors import PayloadTooLarge, ServiceUnavailable, UpstreamConnectError, UpstreamReset, UpstreamTimeout
 from gateway.http import Response
 from gateway.upstream.breaker import CircuitOpen
-from gateway.upstream.retry import IDEMPOTENT, RetryBudget, RetryPolicy, failure_kind, retry_after
+from gateway.upstream.retry import RETRY_METHODS, RetryBudget, RetryPolicy, failure_kind, retry_after
 
 
 def policy(**options: object) -> RetryPolicy:
@@ -102,7 +102,7 @@ def test_which_attempts_may_be_retried(method: str, reason: str, replayable: boo
 
 
 def test_methods_override_the_idempotent_default() -> None:
-    assert policy().methods == IDEMPOTENT == {"GET", "HEAD", "OPTIONS", "PUT", "DELETE"}
+    assert policy().methods == RETRY_METHODS == {"GET", "HEAD", "OPTIONS", "PUT", "DELETE"}
     p = policy(methods=["post", "GET"])
     assert p.methods == {"POST", "GET"}
     assert p.may_retry("POST", "503", replayable=True, unsent=False)

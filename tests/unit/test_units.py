@@ -1,4 +1,4 @@
-"""Durations ("250ms") and sizes ("10MiB") as routes.toml spells them (SPEC §2)."""
+"""Durations ("250ms") and sizes ("10MiB") as routes.toml spells them (docs/configuration.md)."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from gateway import Handler, Plugin, PluginConfig, Request, Response
-from gateway.serve import free_port
+from tests.support import free_port
 
 
 def _binary() -> str:

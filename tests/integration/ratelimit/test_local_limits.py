@@ -1,4 +1,4 @@
-"""rate_limit with the in-process store, through a real gateway: counts, headers, keys (SPEC §4)."""
+"""``rate_limit`` with the in-process store, through a real gateway: counts, headers, keys (docs/rate-limiting.md)."""
 
 from __future__ import annotations
 
@@ -141,7 +141,7 @@ async def test_legacy_and_no_headers(
 async def test_gateway_errors_on_a_limited_route_carry_the_headers_too(
     gateway: StartGateway, http: aiohttp.ClientSession
 ) -> None:
-    from gateway.serve import free_port
+    from tests.support import free_port
 
     gw = await gateway(limited_route(f"http://127.0.0.1:{free_port()}", 'limit = 3\nwindow = "1m"'))
     status, headers, _ = await _get(http, url(gw, "/limited/x"))

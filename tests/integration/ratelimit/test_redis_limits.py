@@ -1,4 +1,4 @@
-"""rate_limit with the Redis store: exact counts in one gateway and across two processes."""
+"""``rate_limit`` with the Redis store: exact counts in one gateway and across two processes."""
 
 from __future__ import annotations
 

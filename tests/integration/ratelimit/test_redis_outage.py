@@ -12,7 +12,7 @@ import time
 import aiohttp
 import pytest
 
-from gateway.serve import GatewayProcess
+from gateway.process import GatewayProcess
 from tests.conftest import StartGateway, StartUpstream, metric, scrape, url
 from tests.integration.ratelimit.conftest import RedisServer, limited_route
 

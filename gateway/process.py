@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import time
 
 from aiohttp import web
@@ -15,10 +14,10 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from gateway.admin import AdminSource, admin_app
 from gateway.config_load import ConfigError, LoadedConfig, load_config
 from gateway.connections import BoundedServer, ConnectionLimits
+from gateway.edge import Edge
 from gateway.metrics import MALFORMED, Metrics, RequestMetrics, render
 from gateway.plugin import ClientHolder
 from gateway.runtime import Runtime
-from gateway.server import Edge
 from gateway.upstream.sender import new_session
 
 log = logging.getLogger("gateway")
@@ -184,12 +183,3 @@ def _bound(runner: web.BaseRunner | None) -> list[tuple[str, int]]:
         if isinstance(address, tuple):
             out.append((str(address[0]), int(address[1])))
     return out
-
-
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (tests and the demo use it)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

@@ -18,7 +18,7 @@ from gateway.metrics import RequestMetrics
 from gateway.normalize import PathRefused, normalize_path, routing_form, split_target
 from gateway.runtime import CompiledRoute, Runtime
 
-log = logging.getLogger("gateway.server")
+log = logging.getLogger("gateway.edge")
 
 CLIENT_CLOSED = 499  # nginx's code for "client went away before the answer"
 
