@@ -42,9 +42,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.charsets import ALL, Intervals, charset, complement, flag, literal
+
 _parser: Any = importlib.import_module("re._parser")
 _constants: Any = importlib.import_module("re._constants")
-_casefix: Any = importlib.import_module("re._casefix")
 
 MAX_AMBIGUITY = 128  # paths that may read the same text (alternatives sharing a prefix): at most this many
 _MAX_POSITIONS = 2000  # positions of the automaton; a longer pattern is refused as too complex
@@ -52,8 +53,6 @@ _MAX_UNROLLED = 64  # positions a counted repeat may unroll to before it is read
 _BUDGET = 200_000  # states the checks may visit in all
 _CAP = 1 << 20  # path counts saturate here
 
-Intervals = tuple[tuple[int, int], ...]  # sorted, disjoint, inclusive code point ranges
-_ALL: Intervals = ((0, sys.maxunicode),)
 _NONE: Intervals = ()
 
 
@@ -92,109 +91,6 @@ def check(pattern: str) -> Verdict | None:
     except (RecursionError, re.error):
         return Verdict("complex", ())
     return None
-
-
-# --- character classes ------------------------------------------------------------------
-
-
-def _normalize(ranges: Iterable[tuple[int, int]]) -> Intervals:
-    out: list[tuple[int, int]] = []
-    for lo, hi in sorted(ranges):
-        if out and lo <= out[-1][1] + 1:
-            if hi > out[-1][1]:
-                out[-1] = (out[-1][0], hi)
-        else:
-            out.append((lo, hi))
-    return tuple(out)
-
-
-def _complement(ranges: Intervals) -> Intervals:
-    out: list[tuple[int, int]] = []
-    start = 0
-    for lo, hi in ranges:
-        if lo > start:
-            out.append((start, lo - 1))
-        start = hi + 1
-    if start <= sys.maxunicode:
-        out.append((start, sys.maxunicode))
-    return tuple(out)
-
-
-@functools.cache
-def _every_character() -> str:
-    return "".join(map(chr, range(sys.maxunicode + 1)))
-
-
-@functools.cache
-def _category(name: str, ascii_only: bool) -> Intervals:
-    """The code points of ``\\d``, ``\\w``, ``\\s`` (and their negations) as ``re`` reads them."""
-    base = name.removeprefix("CATEGORY_").removeprefix("UNI_").removeprefix("LOC_")
-    negated = base.startswith("NOT_")
-    base = base.removeprefix("NOT_")
-    if ascii_only:
-        table = {"DIGIT": "0-9", "WORD": "A-Za-z0-9_", "SPACE": " \\t\\n\\r\\f\\v", "LINEBREAK": "\\n"}
-    else:
-        table = {"DIGIT": "\\d", "WORD": "\\w", "SPACE": "\\s", "LINEBREAK": "\\n"}
-    if base not in table:
-        return _ALL
-    found = _normalize((m.start(), m.end() - 1) for m in re.finditer(f"[{table[base]}]+", _every_character()))
-    return _complement(found) if negated else found
-
-
-def _case_variants(code: int) -> set[int]:
-    char = chr(code)
-    out = {code}
-    for variant in (char.lower(), char.upper(), char.swapcase(), char.casefold(), char.title()):
-        if len(variant) == 1:
-            out.add(ord(variant))
-    for other in list(out):
-        out.update(_casefix._EXTRA_CASES.get(other, ()))
-        lowered = chr(other).lower()
-        if len(lowered) == 1:
-            out.update(_casefix._EXTRA_CASES.get(ord(lowered), ()))
-    return out
-
-
-def _fold(ranges: Intervals) -> Intervals:
-    """``ranges`` widened by every case variant of its members (IGNORECASE)."""
-    if sum(hi - lo + 1 for lo, hi in ranges) > 5000:
-        return _ALL
-    codes = {variant for lo, hi in ranges for code in range(lo, hi + 1) for variant in _case_variants(code)}
-    return _normalize((code, code) for code in codes)
-
-
-def _flag(flags: int, name: str) -> bool:
-    return bool(flags & getattr(_constants, name))
-
-
-def _literal(code: int, flags: int) -> Intervals:
-    ranges = ((code, code),)
-    return _fold(ranges) if _flag(flags, "SRE_FLAG_IGNORECASE") else ranges
-
-
-def _charset(items: Any, flags: int) -> Intervals:
-    """An ``IN`` node: ``[...]``, ``\\d``, ``[^/]``."""
-    negate = False
-    ranges: list[tuple[int, int]] = []
-    ascii_only = _flag(flags, "SRE_FLAG_ASCII")
-    for op, arg in items:
-        name = str(op)
-        if name == "NEGATE":
-            negate = True
-        elif name == "LITERAL":
-            ranges.append((arg, arg))
-        elif name == "RANGE":
-            ranges.append((arg[0], arg[1]))
-        elif name == "CATEGORY":
-            ranges.extend(_category(str(arg), ascii_only))
-        else:
-            return _ALL
-    members = _normalize(ranges)
-    if negate:
-        # Under IGNORECASE a negated class matches fewer characters than without: ignoring
-        # the flag only widens it.
-        return _complement(members)
-    return _fold(members) if _flag(flags, "SRE_FLAG_IGNORECASE") else members
 
 
 # --- the position automaton -------------------------------------------------------------
@@ -296,14 +192,14 @@ class _Automaton:
 
     def node(self, name: str, arg: Any, flags: int, param: str | None, groups: Mapping[int, str]) -> _Fragment:
         if name == "LITERAL":
-            return self.position(_literal(arg, flags), param)
+            return self.position(literal(arg, flags), param)
         if name == "NOT_LITERAL":
-            return self.position(_complement(((arg, arg),)), param)
+            return self.position(complement(((arg, arg),)), param)
         if name == "ANY":
-            dotall = _flag(flags, "SRE_FLAG_DOTALL")
-            return self.position(_ALL if dotall else _complement(((10, 10),)), param)
+            dotall = flag(flags, "SRE_FLAG_DOTALL")
+            return self.position(ALL if dotall else complement(((10, 10),)), param)
         if name == "IN":
-            return self.position(_charset(arg, flags), param)
+            return self.position(charset(arg, flags), param)
         if name == "BRANCH":
             result: _Fragment | None = None
             for branch in arg[1]:

@@ -85,3 +85,9 @@ def test_orchestration_imports_no_breaker_redis_or_health_checks() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
 
+
+
+def test_every_module_is_under_500_lines() -> None:
+    long = {str(p.relative_to(ROOT)): n for package in PACKAGES for p in (ROOT / package).rglob("*.py")
+            if (n := len(p.read_text().splitlines())) >= 500}
+    assert long == {}
