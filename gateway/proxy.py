@@ -73,7 +73,7 @@ class ProxyTerminal:
         timeout: float,
         rewrite: str | None,
         preserve_host: bool,
-        websocket: bool = False,
+        upgrade_stack: UpstreamHandler | None = None,
         route_path: str = "/",
         keep_encoded_slashes: bool = False,
     ) -> None:
@@ -86,12 +86,12 @@ class ProxyTerminal:
         # With encoded slashes kept, a parameter's "%2F" must stay encoded through the rewrite.
         self._encoded_params = _params_pattern(route_path) if rewrite is not None and keep_encoded_slashes else None
         self.preserve_host = preserve_host
-        self.websocket = websocket
+        self.upgrade_stack = upgrade_stack  # websocket = true: where an upgrade request goes
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def __call__(self, request: Request) -> Response:
         incoming = request.headers
-        upgrade = self.websocket and wants_websocket(incoming)
+        upgrade = self.upgrade_stack is not None and wants_websocket(incoming)
         headers = strip_hop_by_hop(incoming, request=True)
         headers.popall("X-Gateway-Attempt", None)  # the gateway's own word on retries
         peer_trusted = self.trusted.trusts(request.peer)
@@ -119,8 +119,8 @@ class ProxyTerminal:
         call = UpstreamRequest(
             request.method, path, headers, body, route=self.route, upstream=self.upstream, deadline=deadline
         )
-        call.websocket = upgrade
-        response = await self.stack(call)
+        stack = self.upgrade_stack if upgrade and self.upgrade_stack is not None else self.stack
+        response = await stack(call)
         if response.upgrade is None:
             response.headers = strip_hop_by_hop(response.headers, request=False)
         return response

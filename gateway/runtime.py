@@ -132,7 +132,7 @@ class Runtime:
             timeout=budget,
             rewrite=route.rewrite,
             preserve_host=route.preserve_host,
-            websocket=route.websocket,
+            upgrade_stack=upstream.stack(route.name, self.metrics, websocket=True) if route.websocket else None,
             route_path=route.path,
             keep_encoded_slashes=self.settings.encoded_slashes == "keep",
         )

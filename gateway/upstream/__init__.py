@@ -6,7 +6,8 @@
     retry.py  breaker.py  balancer.py  health.py     the policies
     sender.py     the innermost hop and the one place client errors are mapped
     http1.py      the pooled HTTP/1.1 client
-    websocket.py  the WebSocket relay for routes with ``websocket = true``
+    websocket.py  the WebSocket sender and relay: the innermost hop of a ``websocket = true``
+                  route's upgrade stack (placed by the stack builder, not chosen per request)
 
 Nothing is imported here, so ``import gateway.upstream.request`` stays light (orchestration
 used as a library needs no breaker, Redis or health checks).

@@ -17,7 +17,7 @@ class UpstreamRequest:
     """One call to an upstream as the upstream stack sees it."""
 
     __slots__ = (
-        "method", "path_qs", "headers", "body", "route", "upstream", "target", "attempt", "deadline", "websocket",
+        "method", "path_qs", "headers", "body", "route", "upstream", "target", "attempt", "deadline",
         "tried",
     )
 
@@ -41,7 +41,6 @@ class UpstreamRequest:
         self.target = ""
         self.attempt = 1
         self.deadline = deadline  # loop time by which response headers must have arrived
-        self.websocket = False  # ask the upstream to switch to WebSocket
         self.tried: set[str] | None = None  # targets earlier attempts went to (set by the retry layer)
 
 

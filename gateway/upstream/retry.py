@@ -145,8 +145,6 @@ def retry_layer(policy: RetryPolicy, budget: RetryBudget, available: Callable[[]
 
     async def retry(request: UpstreamRequest, call_next: Callable[[UpstreamRequest], Awaitable[Response]]
                     ) -> Response:
-        if request.websocket:
-            return await call_next(request)
         body = request.body
         if (isinstance(body, Body) and not body.buffered and request.method in policy.methods
                 and body.length is not None and body.length <= REPLAY_LIMIT):

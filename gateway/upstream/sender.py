@@ -47,11 +47,6 @@ class Sender:
         if loop is None:  # asyncio.get_running_loop() costs a getpid() syscall: look it up once
             loop = self._loop = asyncio.get_running_loop()
         deadline = min(request.deadline, loop.time() + self._response_timeout)
-        if request.websocket:
-            from gateway.upstream.websocket import open_websocket
-
-            request.deadline = deadline
-            return await open_websocket(self._sessions.session, request, self._max_msg_size)
         body = request.body
         data: bytes | AsyncIterator[bytes] | None
         if body is None or isinstance(body, bytes):

@@ -33,6 +33,7 @@ from gateway.upstream.health import Health
 from gateway.upstream.request import UpstreamHandler, UpstreamLayer, UpstreamRequest
 from gateway.upstream.retry import RetryBudget, RetryPolicy, retry_layer
 from gateway.upstream.sender import Sender
+from gateway.upstream.websocket import WebSocketSender
 
 if TYPE_CHECKING:  # prometheus_client must not be imported before multiprocess mode is set up
     from gateway.metrics import Metrics, UpstreamMetrics
@@ -225,6 +226,8 @@ class Upstream:
         self.state = shared_state(name, config, client)
         self.balancer = self.state.balancer
         self.sender: UpstreamHandler = Sender(client, config.timeout, max_msg_size)
+        self._client = client
+        self._max_msg_size = max_msg_size
         self._started = False
 
     async def start(self, redis_url: str = "") -> None:
@@ -240,15 +243,17 @@ class Upstream:
             self._started = False
             await self.state.stop()
 
-    def stack(self, route: str, metrics: Metrics) -> UpstreamHandler:
-        """The composed call path to this upstream for one route."""
+    def stack(self, route: str, metrics: Metrics, *, websocket: bool = False) -> UpstreamHandler:
+        """The composed call path to this upstream for one route; ``websocket``: the path an
+        upgrade takes on a ``websocket = true`` route (no retry: a handshake is not replayed;
+        the WebSocket sender in place of the HTTP one)."""
         from gateway.metrics import UpstreamMetrics
 
         state = self.state
         state.bind(metrics)
         measured = UpstreamMetrics(metrics, route, self.name)
         layers: list[UpstreamLayer] = []
-        if state.retry is not None:
+        if state.retry is not None and not websocket:
             layers.append(retry_layer(state.retry, state.budget, state.available, metrics.retries, route, self.name))
         guard = None
         if state.breakers is not None:
@@ -259,6 +264,8 @@ class Upstream:
         if guard is not None and state.breakers is not None and state.breakers.per_target:
             layers.append(guard)
         layers.append(_measure(measured))
+        if websocket:
+            return compose(WebSocketSender(self._client, self.config.timeout.response, self._max_msg_size), layers)
         return compose(self.sender, layers)
 
     async def _balance(self, request: UpstreamRequest, call_next: UpstreamHandler) -> Response:

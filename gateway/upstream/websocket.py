@@ -65,6 +65,21 @@ async def _relay(source: Any, sink: Any) -> None:
             return
 
 
+class WebSocketSender:
+    """The innermost hop of a websocket route's upgrade stack (placed by the stack builder):
+    the handshake with the chosen target, under the upstream's response timeout."""
+
+    def __init__(self, sessions: Any, response_timeout: float, max_msg_size: int) -> None:
+        self._sessions = sessions  # gateway.plugin.ClientHolder
+        self._response_timeout = response_timeout
+        self._max_msg_size = max_msg_size
+
+    async def __call__(self, request: UpstreamRequest) -> Response:
+        loop = asyncio.get_running_loop()
+        request.deadline = min(request.deadline, loop.time() + self._response_timeout)
+        return await open_websocket(self._sessions.session, request, self._max_msg_size)
+
+
 async def open_websocket(session: aiohttp.ClientSession, request: UpstreamRequest, max_msg_size: int) -> Response:
     """The upstream half of a WebSocket proxy: handshake with the chosen target."""
     headers = CIMultiDict(
