@@ -5,7 +5,7 @@
                   and UpstreamState (what survives reloads)
     retry.py  breaker.py  balancer.py  health.py     the policies
     sender.py     the innermost hop and the one place client errors are mapped
-    http1.py      the pooled HTTP/1.1 client
+    http1.py      the pooled HTTP/1.1 client (connection.py: one keep-alive connection)
     websocket.py  the WebSocket sender and relay: the innermost hop of a ``websocket = true``
                   route's upgrade stack (placed by the stack builder, not chosen per request)
 
