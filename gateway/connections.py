@@ -31,7 +31,7 @@ from gateway.config_model import GatewaySettings
 from gateway.edge import Whole
 from gateway.errors import BadRequest, GatewayError, HeadersTooLarge, UriTooLong, error_response
 from gateway.ids import new_request_id
-from gateway.metrics import RequestMetrics
+from gateway.metrics import MALFORMED, RequestMetrics
 
 log = logging.getLogger("gateway.connections")
 # What the parser quotes when the request line (or its target) is too long: "GET /..." or "/...".
@@ -40,25 +40,13 @@ _REQUEST_LINE = re.compile(rb"[A-Z]+ [^ :]|/|https?://", re.IGNORECASE)
 
 @dataclass
 class ConnectionLimits:
-    """The public listener's limits, and what it counts (one per process)."""
+    """The public listener's limits (the current ``[gateway]`` settings, replaced on reload
+    and read by connections opened afterwards) and what it counts (one per process)."""
 
-    header_timeout: float
-    keepalive_timeout: float
-    max_connections: int
+    settings: GatewaySettings
     gauge: Gauge
     malformed: RequestMetrics
     open: int = 0
-    refused: int = 0
-
-    @classmethod
-    def of(cls, settings: GatewaySettings, gauge: Gauge, malformed: RequestMetrics) -> ConnectionLimits:
-        return cls(settings.header_timeout, settings.keepalive_timeout, settings.max_connections, gauge, malformed)
-
-    def update(self, settings: GatewaySettings) -> None:
-        """Apply a reloaded config (to connections opened from now on)."""
-        self.header_timeout = settings.header_timeout
-        self.keepalive_timeout = settings.keepalive_timeout
-        self.max_connections = settings.max_connections
 
 
 class ClientConnection(RequestHandler):
@@ -67,7 +55,7 @@ class ClientConnection(RequestHandler):
     __slots__ = ("_limits", "_counted", "_head_timer", "_awaiting_head")
 
     def __init__(self, manager: web.Server, limits: ConnectionLimits, **kwargs: Any) -> None:
-        super().__init__(manager, keepalive_timeout=limits.keepalive_timeout, **kwargs)
+        super().__init__(manager, keepalive_timeout=limits.settings.keepalive_timeout, **kwargs)
         self._limits = limits
         self._counted = False
         self._head_timer: asyncio.TimerHandle | None = None
@@ -77,8 +65,7 @@ class ClientConnection(RequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         limits = self._limits
-        if limits.open >= limits.max_connections:
-            limits.refused += 1
+        if limits.open >= limits.settings.max_connections:
             transport.close()  # refused: never handed to aiohttp, so never served
             self._manager = None  # connection_lost then has nothing to undo
             return
@@ -114,7 +101,7 @@ class ClientConnection(RequestHandler):
         return result
 
     def _start_head_timer(self) -> None:
-        self._head_timer = self._loop.call_later(self._limits.header_timeout, self._head_timed_out)
+        self._head_timer = self._loop.call_later(self._limits.settings.header_timeout, self._head_timed_out)
 
     def _stop_head_timer(self) -> None:
         if self._head_timer is not None:
@@ -125,7 +112,7 @@ class ClientConnection(RequestHandler):
         self._head_timer = None
         if self._awaiting_head and not self._upgraded:
             log.debug("closing a connection whose request head did not arrive within %gs",
-                      self._limits.header_timeout)
+                      self._limits.settings.header_timeout)
             self.force_close()
 
     # -- what the parser rejects ---------------------------------------------------------
@@ -138,7 +125,7 @@ class ClientConnection(RequestHandler):
         self._limits.malformed.observe("other", error.status, "gateway", 0.0)
         log.info("malformed request from %s: %s", request.remote or "?", _reason(exc))
         request_id = new_request_id()
-        response = error_response(error, "_malformed", request_id)
+        response = error_response(error, MALFORMED, request_id)
         out = Whole(status=response.status, headers=response.headers, body=response.body)
         out.headers["X-Request-ID"] = request_id
         out.force_close()

@@ -17,13 +17,16 @@ HOP_BY_HOP = frozenset(
 _REQUEST_ONLY = frozenset(("host", "expect"))
 
 
+def connection_tokens(values: Iterable[str]) -> list[str]:
+    """The header names (lower-cased) that ``Connection`` header values list."""
+    return [token.strip().lower() for value in values for token in value.split(",") if token.strip()]
+
+
 def strip_hop_by_hop(
     headers: CIMultiDict[str] | CIMultiDictProxy[str], *, request: bool
 ) -> CIMultiDict[str]:
     """A copy of ``headers`` without hop-by-hop headers and those named in Connection."""
-    named: set[str] = set()
-    for value in headers.getall("Connection", ()):
-        named.update(token.strip().lower() for token in value.split(",") if token.strip())
+    named = set(connection_tokens(headers.getall("Connection", ())))
     drop = _REQUEST_ONLY if request else frozenset()
     out: CIMultiDict[str] = CIMultiDict()
     for key, value in headers.items():

@@ -7,27 +7,24 @@ Pure functions of headers and settings; a refusal is a ``BadRequest`` (400).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from typing import Literal
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.errors import BadRequest
+from gateway.forwarding import HOP_BY_HOP, connection_tokens
 
 UnderscoreRule = Literal["drop", "reject", "allow"]
 
 # Methods a route answers only when its `methods` names them.
 EXPLICIT_ONLY = frozenset({"TRACE", "CONNECT"})
-# Headers that say how this one connection behaves; the Connection header may name only
-# these and stay meaningful for the proxy (an Upgrade handshake needs them).
-_CONNECTION_OWN = frozenset({"connection", "upgrade", "keep-alive", "te", "trailer", "transfer-encoding"})
 # Framing the gateway keeps end to end, whatever Connection says.
 _NEVER_NAMED = frozenset({"host", "content-length"})
 # Who-is-the-client headers only a trusted proxy may send.
 _UNTRUSTED_DROP = ("forwarded", "x-real-ip")
 _PLAIN_CONNECTION = frozenset({"keep-alive", "close", "upgrade"})
 _AUTHORITY = re.compile(
-    r"(?:\[[0-9A-Fa-f:.]+(?:%25[A-Za-z0-9._~-]+)?\]|[A-Za-z0-9._~-]+)(?::[0-9]{0,5})?"
+    r"(?:\[[0-9A-Fa-f:.]+(?:%25[A-Za-z0-9._~-]+)?\]|[A-Za-z0-9._~-]+)(?::(?P<port>[0-9]{0,5}))?"
 )
 
 
@@ -36,7 +33,7 @@ def check_host(host: str | None) -> None:
     if host is None:
         return  # HTTP/1.0 without Host (HTTP/1.1 without one is refused by the parser)
     match = _AUTHORITY.fullmatch(host)
-    port = host.rpartition(":")[2] if match and not host.endswith("]") and ":" in host else ""
+    port = match.group("port") if match is not None else None
     if match is None or (port and int(port) > 65535) or host.startswith(".") or ".." in host:
         raise BadRequest("the Host header is not a valid host[:port]")
 
@@ -54,8 +51,8 @@ def clean_headers(
     """
     if _nothing_to_remove(raw):
         return CIMultiDict(raw)  # the common case: one copy in C
-    named = frozenset(t for t in _tokens(raw.getall("Connection", ()))
-                      if t not in _CONNECTION_OWN and t not in _NEVER_NAMED)
+    named = frozenset(t for t in connection_tokens(raw.getall("Connection", ()))
+                      if t not in HOP_BY_HOP and t not in _NEVER_NAMED)
     out: CIMultiDict[str] = CIMultiDict()
     for key, value in raw.items():
         lower = key.lower()
@@ -69,7 +66,7 @@ def clean_headers(
                                                              and lower != "x-forwarded-for")):
             continue
         if lower == "connection":
-            value = ", ".join(t for t in _tokens(value.split(",")) if t in _CONNECTION_OWN)
+            value = ", ".join(t for t in connection_tokens((value,)) if t in HOP_BY_HOP)
             if not value:
                 continue
         out.add(key, value)
@@ -88,6 +85,3 @@ def _nothing_to_remove(raw: CIMultiDictProxy[str] | CIMultiDict[str]) -> bool:
         return True
     return len(connections) == 1 and connections[0].lower() in _PLAIN_CONNECTION
 
-
-def _tokens(values: Iterable[str]) -> list[str]:
-    return [token.strip().lower() for value in values for token in value.split(",") if token.strip()]

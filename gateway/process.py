@@ -51,7 +51,7 @@ class GatewayProcess(AdminSource):
         self.client = ClientHolder()
         self.runtime = Runtime(loaded, self.metrics, self.client)
         self.edge = Edge(self.runtime)
-        self.limits = ConnectionLimits.of(
+        self.limits = ConnectionLimits(
             loaded.config.gateway, self.metrics.client_connections, RequestMetrics(self.metrics, MALFORMED))
         self.draining = False
         self.started = False
@@ -117,7 +117,7 @@ class GatewayProcess(AdminSource):
                 return self._reload_failed(f"{self.loaded.source}: startup failed: {exc}")
             old, self.runtime, self.loaded = self.runtime, runtime, loaded
             self.edge.runtime = runtime
-            self.limits.update(loaded.config.gateway)
+            self.limits.settings = loaded.config.gateway
             if self.count_reloads:
                 self.metrics.config_reloads.labels("success").inc()
             self.last_reload = (time.time(), "success")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from itertools import accumulate
 from typing import Any
 
@@ -115,17 +116,20 @@ def is_text(value: str) -> bool:
     return value.isascii() or _SURROGATE.search(value) is None
 
 
-def has_lone_surrogate(value: Any) -> bool:
-    """Whether any string (or key) in a decoded JSON value has a lone surrogate; no recursion."""
+def json_strings(value: Any) -> Iterator[str]:
+    """Every string in a decoded JSON value, keys included; no recursion."""
     pending = [value]
     while pending:
         item = pending.pop()
         if isinstance(item, str):
-            if not is_text(item):
-                return True
+            yield item
         elif isinstance(item, dict):
             pending.extend(item.keys())
             pending.extend(item.values())
         elif isinstance(item, list):
             pending.extend(item)
-    return False
+
+
+def has_lone_surrogate(value: Any) -> bool:
+    """Whether any string (or key) in a decoded JSON value has a lone surrogate."""
+    return not all(is_text(item) for item in json_strings(value))

@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import quote
 
 from gateway.normalize import has_dot_segment
-from gateway.orchestration.bounded import has_lone_surrogate, is_text
+from gateway.orchestration.bounded import has_lone_surrogate, is_text, json_strings
 
 CLIENT_SOURCES = frozenset({"path", "query", "header", "body", "consumer"})
 RESERVED = CLIENT_SOURCES | {"item"}
@@ -135,7 +135,7 @@ class Template:
         value = scope.lookup(ref)
         if has_lone_surrogate(value):
             raise UnsafeValue(ref, NOT_TEXT)
-        if ref.source in guard and _any_dot_segment(value):
+        if ref.source in guard and any(has_dot_segment(item) for item in json_strings(value)):
             raise UnsafeValue(ref)
         return value
 
@@ -259,22 +259,6 @@ class Scope:
                 raise MissingInput(f"the request has no value for {ref}")
             raise MissingStepData(f"no value for {ref}")
         return value
-
-
-def _any_dot_segment(value: Any) -> bool:
-    """Whether a JSON value carries a dot segment in any string (keys included)."""
-    pending = [value]
-    while pending:
-        item = pending.pop()
-        if isinstance(item, str):
-            if has_dot_segment(item):
-                return True
-        elif isinstance(item, dict):
-            pending.extend(item.keys())
-            pending.extend(item.values())
-        elif isinstance(item, list):
-            pending.extend(item)
-    return False
 
 
 def render_json(value: Any, scope: Scope, guard: frozenset[str] = frozenset()) -> Any:
