@@ -22,7 +22,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from gateway.config_load import LoadedConfig
 from gateway.config_model import GatewaySettings, RouteConfig
-from gateway.errors import Forbidden, GatewayError, Unauthorized
+from gateway.errors import Forbidden, GatewayError, Unauthorized, error_response
 from gateway.redaction import REDACTED, Loc, hide_url_passwords, secret_field
 
 # Always answered, whatever the Host and without the token: the kubelet and Prometheus ask here.
@@ -199,9 +199,9 @@ def _bearer_matches(request: web.Request, token: str) -> bool:
 
 
 def _problem(error: GatewayError) -> web.Response:
-    document = {"type": error.type, "title": error.title, "status": error.status, "detail": error.detail}
-    return web.Response(status=error.status, body=json.dumps(document).encode(),
-                        headers={"Content-Type": "application/problem+json", **error.headers})
+    """The gateway's one problem document (gateway.errors), as an aiohttp response."""
+    response = error_response(error, None, None)
+    return web.Response(status=response.status, headers=response.headers, body=response.body)
 
 
 # --- /config ------------------------------------------------------------------------------
@@ -256,8 +256,7 @@ def status_page(source: AdminSource) -> str:
 
     def targets(name: str, listed: list[str]) -> str:
         up = live.get(name, ("", {}))[1]
-        return ", ".join(f"{hide_url_passwords(t)} ({'up' if up.get(t, True) else 'DOWN'})" if name in live
-                         else hide_url_passwords(t) for t in listed)
+        return ", ".join(f"{t} ({'up' if up.get(t, True) else 'DOWN'})" if name in live else t for t in listed)
 
     ups = "".join(
         f"<tr><td>{e(name)}</td><td>{e(up.balance)}</td><td>{e(targets(name, up.targets))}</td>"

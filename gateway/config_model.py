@@ -264,7 +264,9 @@ class GatewaySettings(Strict):
     # open client connections per process; beyond it new ones are refused
     max_connections: Annotated[PositiveInt, _AtMost(MAX_CONNECTIONS, "open connections per process")] = 10_000
     # nesting of JSON the gateway parses (orchestration bodies, answers)
-    max_json_depth: Annotated[PositiveInt, _AtMost(MAX_JSON_DEPTH, "deeper JSON cannot be decoded anyway")] = 64
+    max_json_depth: Annotated[
+        PositiveInt, _AtMost(MAX_JSON_DEPTH, "merging and encoding deeper JSON would exhaust the recursion limit")
+    ] = 64
     trusted_proxies: list[Cidr] = Field(default_factory=list)
     redis_url: str = ""
     # Request hygiene (docs/security.md): what the router sees is what the upstream gets.

@@ -47,6 +47,13 @@ def listen_failure(exc: OSError, address: str, option: str) -> StartupError | No
     return StartupError(f"cannot listen on {address} ({option}): {why}")
 
 
+def listen_option(args: argparse.Namespace, *, admin: bool) -> str:
+    """Where a listen address came from, as a start-up error names it: the option or the key."""
+    if admin:
+        return "--admin-listen" if args.admin_listen is not None else "gateway.admin_listen"
+    return "--listen" if args.listen else "gateway.listen"
+
+
 def one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -124,12 +131,9 @@ def _startup_error(exc: Exception, process: GatewayProcess, args: argparse.Names
     if isinstance(exc, (ConfigError, StartupError)):
         return exc
     if isinstance(exc, OSError):
-        if not process.addresses():  # the public listener is opened first: it is not open yet
-            address, option = process.listen, "--listen" if args.listen else "gateway.listen"
-        else:
-            admin_given = args.admin_listen is not None
-            address, option = process.admin_listen, "--admin-listen" if admin_given else "gateway.admin_listen"
-        failure = listen_failure(exc, address, option)
+        admin = bool(process.addresses())  # the public listener is opened first: it is not open yet
+        address = process.admin_listen if admin else process.listen
+        failure = listen_failure(exc, address, listen_option(args, admin=admin))
         if failure is not None:
             return failure
     return StartupError(f"start-up failed: {one_line(exc)}")

@@ -22,7 +22,7 @@ from gateway.admin import AdminSource, admin_app
 from gateway.config_load import ConfigError, LoadedConfig, load_config
 from gateway.plugin import ClientHolder
 from gateway.process import split_listen
-from gateway.process_main import StartupError, listen_failure, one_line, run_main
+from gateway.process_main import StartupError, listen_failure, listen_option, one_line, run_main
 
 log = logging.getLogger("gateway.supervisor")
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -60,11 +60,6 @@ class Supervisor(AdminSource):
         if split_listen(self.listen)[1] == 0:
             raise StartupError(f"{workers} workers need a fixed port in --listen / gateway.listen, not 0")
 
-    def _option(self, admin: bool) -> str:
-        if admin:
-            return "--admin-listen" if self.args.admin_listen is not None else "gateway.admin_listen"
-        return "--listen" if self.args.listen else "gateway.listen"
-
     def probe_listen(self) -> None:
         """Fail now, in one line, when the workers could not open the public port: each would
         fail on its own otherwise, and be restarted over and over."""
@@ -80,7 +75,7 @@ class Supervisor(AdminSource):
                         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                     sock.bind(address)
         except OSError as exc:
-            failure = listen_failure(exc, self.listen, self._option(admin=False))
+            failure = listen_failure(exc, self.listen, listen_option(self.args, admin=False))
             raise failure or StartupError(f"cannot listen on {self.listen}: {one_line(exc)}") from None
 
     def _worker_argv(self, ready_file: Path) -> list[str]:
@@ -164,7 +159,7 @@ class Supervisor(AdminSource):
             await web.TCPSite(runner, host, port).start()
         except OSError as exc:
             await runner.cleanup()
-            failure = listen_failure(exc, self.admin_listen, self._option(admin=True))
+            failure = listen_failure(exc, self.admin_listen, listen_option(self.args, admin=True))
             raise failure or StartupError(f"cannot listen on {self.admin_listen}: {one_line(exc)}") from None
         return runner
 
