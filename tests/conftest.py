@@ -17,11 +17,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from hypothesis import HealthCheck, settings
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config_load import load_text
 from gateway.process import GatewayProcess
-from tests.support import free_port
+from tests.support import free_port, metric, scrape, url
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -93,6 +92,8 @@ async def upstream() -> AsyncIterator[StartUpstream]:
         await server.close()
 
 
+__all__ = ["metric", "scrape", "url"]  # re-exported for older test modules
+
 StartGateway = Callable[..., Awaitable[GatewayProcess]]
 
 
@@ -118,26 +119,6 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
     """A plain client for talking to the gateway like a user would."""
     async with aiohttp.ClientSession(auto_decompress=False) as session:
         yield session
-
-
-def url(process: GatewayProcess, path: str) -> str:
-    return f"http://127.0.0.1:{process.port}{path}"
-
-
-async def scrape(process: GatewayProcess) -> str:
-    async with aiohttp.ClientSession() as session, session.get(
-        f"http://127.0.0.1:{process.admin_port}/metrics"
-    ) as response:
-        return await response.text()
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one sample in Prometheus text (0 when absent)."""
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return float(sample.value)
-    return 0.0
 
 
 # --- the gateway as a real subprocess (signals, workers, memory) --------------------------

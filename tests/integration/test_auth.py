@@ -13,8 +13,18 @@ from aiohttp import web
 
 from gateway.process import GatewayProcess
 from tests.conftest import StartGateway, StartUpstream, Upstream, metric, scrape, url
-from tests.unit.test_auth_basic import basic, bcrypt_hash, pbkdf2_hash
-from tests.unit.test_auth_jwt import SECRET, bearer, forged_token, jwk, public_pem, rsa_key, token
+from tests.support.tokens import (
+    SECRET,
+    basic,
+    bcrypt_hash,
+    bearer,
+    forged_token,
+    jwk,
+    pbkdf2_hash,
+    public_pem,
+    rsa_key,
+    token,
+)
 
 ALICE_KEY = "ak_live_4f9c2e7d1b8a6053"
 BOB_KEY = "bk_live_0a1b2c3d4e5f6789"

@@ -13,9 +13,8 @@ from aiohttp import web
 
 from gateway.process import GatewayProcess
 from tests.conftest import StartGateway, StartUpstream, Upstream, metric, scrape, url
-from tests.integration.test_proxy_headers import RawResponse, raw_exchange
-from tests.unit.test_auth_basic import bcrypt_hash
-from tests.unit.test_auth_jwt import SECRET
+from tests.support import RawResponse, raw_exchange
+from tests.support.tokens import SECRET, bcrypt_hash
 
 PROBLEM = "application/problem+json"
 

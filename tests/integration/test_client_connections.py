@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import StartGateway, StartUpstream, metric, scrape
-from tests.integration.test_proxy_headers import raw_exchange, raw_upstream, read_request_head, read_response
+from tests.support import raw_exchange, raw_upstream, read_request_head, read_response
 
 LIMITS = """
     [gateway]

@@ -11,8 +11,7 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import StartGateway, StartUpstream, metric, scrape, url
-from tests.integration.test_errors import assert_problem
-from tests.support import free_port
+from tests.support import assert_problem, free_port
 
 REQUESTS = "gateway_upstream_requests_total"
 DURATION = "gateway_upstream_request_duration_seconds_count"

@@ -4,53 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import socket
 import struct
 import time
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
 
 from tests.conftest import StartGateway, StartUpstream, url
-from tests.integration.test_proxy_headers import raw_connection, raw_upstream, read_request_head, read_response
-from tests.support import free_port
-
-PROBLEM_KEYS = {"type", "title", "status", "detail", "request_id"}
-
-
-def assert_problem(
-    status: int, headers: Mapping[str, str], body: bytes, expected: int, *, route: str | None = None
-) -> dict[str, Any]:
-    """Check one problem+json answer and return the decoded document."""
-    assert status == expected, body
-    assert headers["Content-Type"].split(";")[0].strip() == "application/problem+json"
-    document = json.loads(body)
-    assert isinstance(document, dict)
-    assert set(document) >= PROBLEM_KEYS, document
-    assert document["status"] == expected
-    assert isinstance(document["type"], str) and document["type"]
-    assert isinstance(document["title"], str) and document["title"]
-    assert isinstance(document["detail"], str)
-    assert document["request_id"] == headers["X-Request-ID"]
-    if route is not None:
-        assert document["route"] == route
-    text = body.decode()
-    assert "Traceback" not in text
-    return document
-
-
-def assert_no_internal_address(body: bytes, target: str) -> None:
-    """Neither the upstream's host:port nor its port alone leaks into what the client sees."""
-    host_port = target.split("://", 1)[1]
-    port = host_port.rsplit(":", 1)[1]
-    document = json.loads(body)
-    text = body.decode().replace(str(document.get("request_id", "")), "")  # a random id may hold digits
-    assert host_port not in text
-    assert port not in text
-    assert "127.0.0.1" not in text
+from tests.support import (
+    assert_no_internal_address,
+    assert_problem,
+    free_port,
+    raw_connection,
+    raw_upstream,
+    read_request_head,
+    read_response,
+)
 
 
 def config(target: str, *, route_extra: str = "", gateway_extra: str = "") -> str:

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import GatewaySubprocess, StartGateway, StartUpstream, url
-from tests.integration.test_proxy_headers import (
+from tests.support import (
     RawHead,
     parse_request_head,
     proxy_config,
@@ -49,7 +49,7 @@ async def test_gzip_response_passes_compressed_and_untouched(
         return web.Response(body=compressed, headers={"Content-Encoding": "gzip", "Content-Type": "text/plain"})
 
     up = await upstream(handler)
-    gw = await gateway(proxy_config(up.url))
+    gw = await gateway(proxy_config(up.url, rewrite="/{rest}", upstream=""))
     # The client asks for gzip; the http fixture does not decompress.
     async with http.get(url(gw, "/svc/z"), headers={"Accept-Encoding": "gzip"}) as response:
         assert response.status == 200
@@ -73,7 +73,7 @@ async def test_gzip_request_body_reaches_upstream_byte_identical(
         await writer.drain()
 
     async with raw_upstream(handler) as target:
-        gw = await gateway(proxy_config(target))
+        gw = await gateway(proxy_config(target, rewrite="/{rest}", upstream=""))
         async with http.post(
             url(gw, "/svc/in"), data=compressed,
             headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
@@ -95,7 +95,7 @@ async def test_8mib_body_round_trips_identical(
 ) -> None:
     payload = os.urandom(8 * MiB)
     up = await upstream(_echo)
-    gw = await gateway(proxy_config(up.url))
+    gw = await gateway(proxy_config(up.url, rewrite="/{rest}", upstream=""))
     async with http.post(url(gw, "/svc/echo"), data=payload) as response:
         assert response.status == 200
         echoed = await response.read()
@@ -118,7 +118,7 @@ async def test_8mib_download_is_identical(
         return out
 
     up = await upstream(handler)
-    gw = await gateway(proxy_config(up.url))
+    gw = await gateway(proxy_config(up.url, rewrite="/{rest}", upstream=""))
     async with http.get(url(gw, "/svc/dl")) as response:
         assert response.status == 200
         assert await response.read() == payload
@@ -133,7 +133,7 @@ async def test_content_length_upload_arrives_with_content_length(
 ) -> None:
     payload = os.urandom(size)
     up = await upstream()
-    gw = await gateway(proxy_config(up.url))
+    gw = await gateway(proxy_config(up.url, rewrite="/{rest}", upstream=""))
     async with http.put(url(gw, "/svc/put"), data=payload) as response:
         assert response.status == 200
     got = up.requests[0].headers
@@ -152,7 +152,7 @@ async def test_chunked_upload_stays_chunked(
             yield part
 
     up = await upstream()
-    gw = await gateway(proxy_config(up.url))
+    gw = await gateway(proxy_config(up.url, rewrite="/{rest}", upstream=""))
     async with http.post(url(gw, "/svc/chunked"), data=body()) as response:
         assert response.status == 200
     got = up.requests[0].headers
@@ -173,7 +173,7 @@ async def test_head_keeps_upstream_content_length_and_sends_no_body(
         return web.Response(text="next")
 
     up = await upstream(handler)
-    gw = await gateway(proxy_config(up.url))
+    gw = await gateway(proxy_config(up.url, rewrite="/{rest}", upstream=""))
     async with raw_connection(gw.port) as (reader, writer):
         writer.write(b"HEAD /svc/h HTTP/1.1\r\nHost: gw\r\n\r\n")
         await writer.drain()
@@ -195,7 +195,7 @@ async def test_204_has_no_body(upstream: StartUpstream, gateway: StartGateway) -
         return web.Response(text="next")
 
     up = await upstream(handler)
-    gw = await gateway(proxy_config(up.url))
+    gw = await gateway(proxy_config(up.url, rewrite="/{rest}", upstream=""))
     async with raw_connection(gw.port) as (reader, writer):
         writer.write(b"DELETE /svc/empty HTTP/1.1\r\nHost: gw\r\n\r\n")
         await writer.drain()
@@ -310,7 +310,7 @@ async def test_a_slow_upload_does_not_count_against_the_upstream_timeout(
         return web.json_response({"bytes": len(await request.read())})
 
     up = await upstream(count, record_bodies=False)
-    gw = await gateway(proxy_config(up.url, route_extra='timeout = "300ms"'))
+    gw = await gateway(proxy_config(up.url, rewrite="/{rest}", upstream="", route='timeout = "300ms"'))
 
     async def slowly() -> AsyncIterator[bytes]:
         for _ in range(3):
@@ -329,7 +329,7 @@ async def test_a_stalled_upload_is_answered_408(
         return web.json_response({"bytes": len(await request.read())})
 
     up = await upstream(count, record_bodies=False)
-    gw = await gateway(proxy_config(up.url, gateway_extra='client_body_timeout = "200ms"'))
+    gw = await gateway(proxy_config(up.url, rewrite="/{rest}", upstream="", gateway='client_body_timeout = "200ms"'))
 
     async def stalls() -> AsyncIterator[bytes]:
         yield b"x" * 1000

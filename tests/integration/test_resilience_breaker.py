@@ -17,9 +17,7 @@ from aiohttp import web
 from gateway.config_load import load_config
 from gateway.process import GatewayProcess
 from tests.conftest import StartGateway, StartUpstream, metric, scrape, url
-from tests.integration.ratelimit.conftest import RedisServer
-from tests.integration.test_errors import assert_problem
-from tests.support import free_port
+from tests.support import RedisServer, assert_problem, free_port
 
 REQUESTS = "gateway_upstream_requests_total"
 REJECTED = "gateway_circuit_breaker_rejected_total"

@@ -12,8 +12,7 @@ from aiohttp.test_utils import TestServer
 
 from gateway.process import GatewayProcess
 from tests.conftest import StartGateway, StartUpstream, metric, scrape, url
-from tests.integration.test_errors import assert_problem
-from tests.support import free_port
+from tests.support import assert_problem, free_port
 
 UP = "gateway_upstream_target_up"
 REQUESTS = "gateway_upstream_requests_total"

@@ -11,8 +11,7 @@ from aiohttp import web
 
 from gateway.process import GatewayProcess
 from tests.conftest import StartGateway, StartUpstream, Upstream, metric, scrape, url
-from tests.integration.test_errors import assert_problem
-from tests.support import free_port
+from tests.support import assert_problem, free_port
 
 REQUESTS = "gateway_upstream_requests_total"
 RETRIES = "gateway_retries_total"

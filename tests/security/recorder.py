@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
-from tests.integration.test_proxy_headers import RawResponse, raw_exchange
+from tests.support import RawResponse, raw_exchange
 
 IO_TIMEOUT = 5.0  # seconds any single upstream read may take
 MAX_REQUESTS_PER_CONNECTION = 1_000

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import StartGateway
-from tests.integration.test_proxy_headers import raw_exchange
 from tests.security.recorder import Recorder, assert_refused, assert_upstream_clean, config, is_problem, send
+from tests.support import raw_exchange
 
 
 @pytest.mark.parametrize(

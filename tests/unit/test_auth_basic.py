@@ -4,32 +4,16 @@ client sees, and plain-text passwords refused when the config is loaded."""
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 from typing import Any
 
-import bcrypt
 import pytest
 
 from gateway.config_load import ConfigError, load_text
 from gateway.metrics import Metrics
 from gateway.testing import FakeUpstream, ValidationError, build_plugin, make_request, run_plugin
 from plugins.basic_auth import BasicAuth, make_verifier, parse_basic
-
-
-def bcrypt_hash(password: str) -> str:
-    """A bcrypt hash with the lowest cost, so tests stay fast."""
-    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
-
-
-def pbkdf2_hash(password: str, salt: str = "s4lt", iterations: int = 1000) -> str:
-    digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt.encode(), iterations)
-    return f"pbkdf2_sha256${iterations}${salt}${base64.b64encode(digest).decode()}"
-
-
-def basic(user: str, password: str) -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
-
+from tests.support.tokens import basic, bcrypt_hash, pbkdf2_hash
 
 USERS = {"alice": bcrypt_hash("wonderland"), "bob": pbkdf2_hash("builder")}
 

@@ -4,12 +4,8 @@ which option combinations are refused at load, and the JWKS key holder's rules."
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import hmac
 import json
 import time
-from functools import cache
 from typing import Any
 
 import aiohttp
@@ -17,7 +13,6 @@ import jwt
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from gateway.config_load import ConfigError, load_text
@@ -28,47 +23,10 @@ from gateway.runtime import Runtime
 from gateway.testing import FakeUpstream, ValidationError, build_plugin, make_request, run_plugin
 from plugins.jwks import JwksKeys, parse_jwks
 from plugins.jwt_auth import JwtAuth
+from tests.support.tokens import SECRET, b64url, bearer, forged_token, jwk, public_pem, rsa_key, token
 
-SECRET = "0123456789abcdef0123456789abcdef-test-secret"  # 44 bytes: enough for HS256, not HS384
 CONSUMERS = {"alice": ConsumerConfig(jwt_subjects=["alice@example.com", "alice-svc"])}
 
-# --- token helpers (also used by tests/integration/test_auth.py) ------------------------------
-
-
-@cache
-def rsa_key(n: int = 0) -> rsa.RSAPrivateKey:
-    """An RSA private key; ``n`` picks one of several (cached: generating takes a moment)."""
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-def public_pem(key: Any) -> str:
-    return str(key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode())
-
-
-def token(key: Any, alg: str = "HS256", kid: str | None = None, **claims: Any) -> str:
-    """A signed token; ``exp`` defaults to an hour from now (pass ``exp=None`` to leave it out)."""
-    payload = {"sub": "alice@example.com", "exp": int(time.time()) + 3600, **claims}
-    payload = {k: v for k, v in payload.items() if v is not None}
-    return jwt.encode(payload, key, algorithm=alg, headers={"kid": kid} if kid else None)
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def forged_token(alg: str, hmac_key: bytes | None, **claims: Any) -> str:
-    """A token PyJWT would refuse to make: ``alg=none`` (no signature), or HS* "signed" with
-    arbitrary bytes such as a public key's PEM (the algorithm-confusion attack)."""
-    header = _b64(json.dumps({"alg": alg, "typ": "JWT"}).encode())
-    body = _b64(json.dumps({"sub": "admin", "exp": int(time.time()) + 3600, **claims}).encode())
-    signing_input = f"{header}.{body}".encode()
-    signature = "" if hmac_key is None else _b64(hmac.new(hmac_key, signing_input, hashlib.sha256).digest())
-    return f"{header}.{body}.{signature}"
-
-
-def bearer(value: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {value}"}
 
 
 def plugin(metrics: Metrics | None = None, **options: Any) -> JwtAuth:
@@ -340,18 +298,12 @@ def test_bad_options_fail_validation(options: dict[str, Any]) -> None:
 # --- JWKS --------------------------------------------------------------------------------------
 
 
-def jwk(key: Any, kid: str, **extra: Any) -> dict[str, Any]:
-    """The public half of an RSA key as a JWK."""
-    data: dict[str, Any] = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
-    return {**data, "kid": kid, **extra}
-
-
 def test_parse_jwks_keeps_only_usable_signature_keys() -> None:
     ec_key = ec.generate_private_key(ec.SECP256R1())
     document = {"keys": [
         jwk(rsa_key(), "rsa"),
         {**json.loads(jwt.algorithms.ECAlgorithm.to_jwk(ec_key.public_key())), "kid": "ec", "alg": "ES256"},
-        {"kty": "oct", "k": _b64(b"x" * 32), "kid": "hmac"},
+        {"kty": "oct", "k": b64url(b"x" * 32), "kid": "hmac"},
         jwk(rsa_key(1), "enc", use="enc"),
         {"kty": "RSA", "kid": "broken", "n": "AQAB"},
         "junk",

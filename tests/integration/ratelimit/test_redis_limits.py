@@ -14,7 +14,8 @@ from gateway.metrics import Metrics
 from gateway.plugin import ClientHolder
 from gateway.runtime import Runtime
 from tests.conftest import GatewaySubprocess, StartGateway, StartUpstream, metric, scrape, url
-from tests.integration.ratelimit.conftest import RedisServer, limited_route
+from tests.integration.ratelimit.conftest import limited_route
+from tests.support import RedisServer
 
 DECISIONS = "gateway_ratelimit_decisions_total"
 Spawn = Callable[..., Awaitable[GatewaySubprocess]]

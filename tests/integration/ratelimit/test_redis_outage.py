@@ -14,7 +14,8 @@ import pytest
 
 from gateway.process import GatewayProcess
 from tests.conftest import StartGateway, StartUpstream, metric, scrape, url
-from tests.integration.ratelimit.conftest import RedisServer, limited_route
+from tests.integration.ratelimit.conftest import limited_route
+from tests.support import RedisServer
 
 DECISIONS = "gateway_ratelimit_decisions_total"
 Sample = tuple[int, float, dict[str, str], bytes]

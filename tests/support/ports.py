@@ -1,4 +1,4 @@
-"""Helpers the test modules share."""
+"""Ports for servers the tests start."""
 
 from __future__ import annotations
 
