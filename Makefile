@@ -48,9 +48,11 @@ redis-server:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends redis-server >/dev/null; }
 
+## lint: ruff, mypy --strict, and the package structure (no import cycle, modules under 500 lines)
 lint: venv
 	$(VENV)/bin/ruff check gateway plugins tests bench examples
 	$(VENV)/bin/mypy gateway plugins tests bench examples
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit/test_imports.py
 
 fmt: venv
 	$(VENV)/bin/ruff check --fix gateway plugins tests bench examples

@@ -4,7 +4,7 @@ One shared ClientSession; ``GET /dashboard/{id}`` calls the users and orders ser
 concurrently with ``asyncio.gather``, decodes both with ``await r.json()`` and answers
 ``{"user": ..., "orders": ...}`` with ``web.json_response``. A failed call (status >= 400)
 raises, so aiohttp answers 500. No timeout budget, no request id, no metrics, no shaping.
-It runs on uvloop, like the gateway (gateway/process_main.py), so the comparison is about
+It runs on uvloop, like the gateway (gateway/launch.py), so the comparison is about
 the orchestration code.
 
     python bench/naive_orchestrator.py --listen 127.0.0.1:8000 --upstream http://127.0.0.1:8001
@@ -25,17 +25,9 @@ if str(Path(__file__).resolve().parent.parent) not in sys.path:  # `python bench
 
 from bench import naive_proxy
 
-SESSION = web.AppKey("session", aiohttp.ClientSession)
-
 
 def make_app(upstream: str) -> web.Application:
-    app = web.Application()
-
-    async def open_session(app: web.Application) -> None:
-        app[SESSION] = aiohttp.ClientSession()
-
-    async def close_session(app: web.Application) -> None:
-        await app[SESSION].close()
+    app = naive_proxy.session_app()
 
     async def get_json(session: aiohttp.ClientSession, url: str) -> Any:
         async with session.get(url) as response:
@@ -44,15 +36,13 @@ def make_app(upstream: str) -> web.Application:
 
     async def dashboard(request: web.Request) -> web.Response:
         user_id = request.match_info["id"]
-        session = request.app[SESSION]
+        session = request.app[naive_proxy.SESSION]
         user, orders = await asyncio.gather(
             get_json(session, f"{upstream}/users/{user_id}"),
             get_json(session, f"{upstream}/orders?user={user_id}"),
         )
         return web.json_response({"user": user, "orders": orders})
 
-    app.on_startup.append(open_session)
-    app.on_cleanup.append(close_session)
     app.router.add_get("/dashboard/{id}", dashboard)
     return app
 

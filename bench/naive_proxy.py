@@ -3,7 +3,7 @@
 One ClientSession, the whole request body read, method/path/headers forwarded, the whole
 upstream answer read and returned as a ``web.Response``. No streaming, no hop-by-hop
 handling beyond what aiohttp needs to not break, no metrics, no plugins. It runs on uvloop,
-like the gateway (gateway/process_main.py), so the comparison is about the proxy code.
+like the gateway (gateway/launch.py), so the comparison is about the proxy code.
 
     python bench/naive_proxy.py --listen 127.0.0.1:8000 --upstream http://127.0.0.1:8001
 """
@@ -23,7 +23,8 @@ DROP = {"Host", "Content-Length", "Transfer-Encoding", "Connection", "Keep-Alive
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 
 
-def make_app(upstream: str) -> web.Application:
+def session_app() -> web.Application:
+    """An application with one ``ClientSession`` (``app[SESSION]``) for its whole life."""
     app = web.Application()
 
     async def open_session(app: web.Application) -> None:
@@ -31,6 +32,14 @@ def make_app(upstream: str) -> web.Application:
 
     async def close_session(app: web.Application) -> None:
         await app[SESSION].close()
+
+    app.on_startup.append(open_session)
+    app.on_cleanup.append(close_session)
+    return app
+
+
+def make_app(upstream: str) -> web.Application:
+    app = session_app()
 
     async def proxy(request: web.Request) -> web.Response:
         body = await request.read()
@@ -43,8 +52,6 @@ def make_app(upstream: str) -> web.Application:
             out = {k: v for k, v in upstream_response.headers.items() if k.title() not in DROP}
             return web.Response(status=upstream_response.status, headers=out, body=payload)
 
-    app.on_startup.append(open_session)
-    app.on_cleanup.append(close_session)
     app.router.add_route("*", "/{tail:.*}", proxy)
     return app
 

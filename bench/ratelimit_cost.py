@@ -22,7 +22,7 @@ import time
 
 from gateway.config_model import GatewaySettings
 from gateway.http import Request, Response
-from gateway.process_main import event_loop_runner
+from gateway.launch import event_loop_runner
 from gateway.testing import build_plugin, make_request
 from plugins.rate_limit import RateLimit
 

@@ -19,10 +19,10 @@ from typing import Any
 
 from multidict import CIMultiDict
 
+from gateway.clients import Clients
 from gateway.config_model import UpstreamConfig
 from gateway.http import Response
 from gateway.metrics import Metrics
-from gateway.plugin import ClientHolder
 from gateway.upstream.request import UpstreamRequest
 from gateway.upstream.stack import Upstream
 
@@ -47,7 +47,7 @@ async def _answer(_: UpstreamRequest) -> Response:
 def build(options: dict[str, Any]) -> Any:
     """The stack of one upstream built with ``options``, its client a fake."""
     config = UpstreamConfig.model_validate({"targets": TARGETS, **options})
-    upstream = Upstream("svc", config, ClientHolder(), 1 << 20)
+    upstream = Upstream("svc", config, Clients(), 1 << 20)
     upstream.sender = _answer
     return upstream.stack("bench", Metrics())
 

@@ -7,12 +7,12 @@
               each: RSS sampled every 5 s, growth after the warm-up, errors  goal: < 10 %, 0 errors
     stream    1 GiB uploaded and 1 GiB downloaded through the gateway       goal: peak RSS < 100 MB
 
-    .venv/bin/python bench/resources.py [idle] [soak] [stream] [--connections N] [--soak-seconds S]
+    .venv/bin/python -m bench.resources [idle] [soak] [stream] [--connections N] [--soak-seconds S]
                                         [--stream-bytes B]
 
 The upstreams: nginx (static JSON) for the proxied and orchestrated routes, a small aiohttp
-server (bench/bulk_upstream.py) that discards uploads and streams downloads. Results are printed
-and written to bench/results/<stamp>-resources.json.
+server (bench/bulk_upstream.py) that discards uploads and streams downloads. The gateway's config
+is bench/configs/resources.toml. Results are printed and written to bench/results/<stamp>-resources.json.
 """
 
 from __future__ import annotations
@@ -24,24 +24,15 @@ import json
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.run import (
-    BENCH_DIR,
-    RESULTS_DIR,
-    WRK_DONE_LUA,
-    BenchError,
-    Service,
-    Services,
-    ensure_tools,
-    free_port,
-    nginx_config,
-    terminate_on_signals,
-)
+if str(Path(__file__).resolve().parent.parent) not in sys.path:  # `python bench/resources.py` too
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import harness, measuring
 
 KEY = "bench-key"
 USER = '{"id":1,"name":"Ada","city":"London"}'
@@ -54,97 +45,21 @@ def rss_bytes(pid: int, field: str = "VmRSS") -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
-    raise BenchError(f"no {field} for pid {pid}")
+    raise harness.BenchError(f"no {field} for pid {pid}")
 
 
-def gateway_config(workdir: Path, nginx_port: int, bulk_port: int, connections: int) -> Path:
-    text = f"""
-[gateway]
-timeout = "10s"
-max_connections = {connections + 1000}
-keepalive_timeout = "10m"
-
-[upstreams.nginx]
-targets = ["http://127.0.0.1:{nginx_port}"]
-
-[upstreams.bulk]
-targets = ["http://127.0.0.1:{bulk_port}"]
-timeout = {{ response = "60s", idle = "60s" }}
-
-[consumers.bench]
-api_keys = ["{KEY}"]
-
-[[plugins]]
-use = "request_id"
-
-[[routes]]
-name = "api"
-path = "/api/{{tail:.*}}"
-upstream = "nginx"
-rewrite = "/users/1"
-
-  [[routes.plugins]]
-  use = "cors"
-  origins = ["https://app.example"]
-  [[routes.plugins]]
-  use = "api_key"
-  [[routes.plugins]]
-  use = "rate_limit"
-  limit = 1000000
-  window = "1s"
-  store = "local"
-  [[routes.plugins]]
-  use = "headers"
-  request = {{ set = {{ "X-Bench" = "1" }} }}
-  response = {{ set = {{ "Cache-Control" = "no-store" }} }}
-
-[[routes]]
-name = "dashboard"
-path = "/dashboard/{{id}}"
-methods = ["GET"]
-
-  [[routes.steps]]
-  name = "user"
-  upstream = "nginx"
-  path = "/users/1"
-  into = "user"
-
-  [[routes.steps]]
-  name = "orders"
-  upstream = "nginx"
-  path = "/orders?user={{path.id}}"
-  into = "orders"
-
-[[routes]]
-name = "bulk"
-path = "/bulk/{{tail:.*}}"
-upstream = "bulk"
-rewrite = "/{{tail}}"
-max_body_bytes = "64GiB"
-timeout = "60s"
-"""
-    path = workdir / "gateway.toml"
-    path.write_text(text)
-    return path
-
-
-def start(services: Services, nginx: str, workdir: Path, connections: int) -> tuple[Service, str]:
-    nginx_port, bulk_port = free_port(), free_port()
-    literal = {"user": USER.replace("'", "\\'"), "orders": ORDERS.replace("'", "\\'")}
-    conf = nginx_config(workdir, nginx_port, f"""default_type application/json;
-        location = /users/1 {{ return 200 '{literal["user"]}'; }}
-        location = /orders {{ return 200 '{literal["orders"]}'; }}""")
-    services.start("nginx", [nginx, "-e", str(workdir / "nginx-error.log"), "-c", str(conf)],
-                   f"http://127.0.0.1:{nginx_port}/users/1", "0")
-    services.start("bulk", [sys.executable, str(BENCH_DIR / "bulk_upstream.py"), "--port", str(bulk_port)],
-                   f"http://127.0.0.1:{bulk_port}/ready", "0")
-    port, admin = free_port(), free_port()
-    config = gateway_config(workdir, nginx_port, bulk_port, connections)
-    gateway = services.start(
-        "gateway", [sys.executable, "-m", "gateway", "run", str(config), "--listen", f"127.0.0.1:{port}",
-                    "--admin-listen", f"127.0.0.1:{admin}", "--log-level", "warning"],
-        f"http://127.0.0.1:{admin}/readyz", "1")
-    return gateway, f"127.0.0.1:{port}"
+def start(services: harness.Services, nginx: str, connections: int) -> tuple[harness.Service, str]:
+    """nginx and the bulk upstream on CPU 0, the gateway on CPU 1; the gateway and its HOST:PORT."""
+    locations = harness.static_json({"= /users/1": USER, "= /orders": ORDERS})
+    upstream = harness.start_nginx(services, nginx, "nginx", locations, "/users/1")
+    bulk_port = harness.free_port()
+    bulk = services.start("bulk", [sys.executable, str(Path(__file__).with_name("bulk_upstream.py")),
+                                   "--port", str(bulk_port)],
+                          f"http://127.0.0.1:{bulk_port}/ready", harness.LOAD_CPU)
+    config = harness.gateway_config(services.workdir, "resources", "gateway", nginx=upstream.origin,
+                                    bulk=bulk.origin, max_connections=connections + 1000, api_key=KEY)
+    gateway = harness.start_gateway(services, "gateway", config, "/", ready_on_admin=True)
+    return gateway, gateway.origin.removeprefix("http://")
 
 
 # -- idle connections ---------------------------------------------------------------------------
@@ -162,7 +77,7 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
     return status
 
 
-async def idle(gateway: Service, address: str, count: int) -> dict[str, Any]:
+async def idle(gateway: harness.Service, address: str, count: int) -> dict[str, Any]:
     host, port = address.rsplit(":", 1)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < count + 100:
@@ -176,7 +91,7 @@ async def idle(gateway: Service, address: str, count: int) -> dict[str, Any]:
                                            for _ in range(min(250, count - first))))
             statuses = await asyncio.gather(*(_exchange(r, w, "/api/x") for r, w in batch))
             if any(s != 200 for s in statuses):
-                raise BenchError(f"idle: a request answered {sorted(set(statuses))}")
+                raise harness.BenchError(f"idle: a request answered {sorted(set(statuses))}")
             held.extend(batch)
         opened = time.monotonic() - start
         await asyncio.sleep(5)  # let the gateway settle with every connection idle
@@ -211,10 +126,10 @@ request = function()
   return wrk.format("GET", "/api/items/42", {{["Host"] = "bench", ["X-API-Key"] = "{KEY}",
                                                ["Origin"] = "https://app.example"}})
 end
-""" + WRK_DONE_LUA
+""" + harness.WRK_DONE_LUA
 
 
-def soak(gateway: Service, address: str, seconds: int, workdir: Path) -> dict[str, Any]:
+def soak(gateway: harness.Service, address: str, seconds: int, workdir: Path) -> dict[str, Any]:
     script = workdir / "soak.lua"
     script.write_text(SOAK_LUA)
     command = ["taskset", "-c", "0", "wrk", "-t1", "-c50", f"-d{seconds}s", "--latency", "-s", str(script),
@@ -227,13 +142,12 @@ def soak(gateway: Service, address: str, seconds: int, workdir: Path) -> dict[st
             with contextlib.suppress(subprocess.TimeoutExpired):
                 wrk.wait(5)
         out = wrk.stdout.read() if wrk.stdout is not None else ""
-    result = next((json.loads(line.removeprefix("BENCH_JSON ")) for line in out.splitlines()
-                   if line.startswith("BENCH_JSON ")), None)
+    result = measuring.wrk_result(out)
     if result is None:
-        raise BenchError(f"wrk failed:\n{out}")
+        raise harness.BenchError(f"wrk failed:\n{out}")
     warm = [rss for t, rss in samples if t >= min(60.0, seconds / 5)]
     after_warmup, last, peak = warm[0], warm[-1], max(warm)
-    errors = {k: result[k] for k in ("connect", "read", "write", "timeout", "status") if result[k]}
+    errors = measuring.wrk_errors(result)
     growth = (last - after_warmup) / after_warmup
     return {
         "seconds": seconds, "requests": result["requests"], "rps": result["requests"] / (result["duration_us"] / 1e6),
@@ -247,7 +161,7 @@ def soak(gateway: Service, address: str, seconds: int, workdir: Path) -> dict[st
 # -- streaming -----------------------------------------------------------------------------------
 
 
-def stream(gateway: Service, address: str, size: int, workdir: Path) -> dict[str, Any]:
+def stream(gateway: harness.Service, address: str, size: int, workdir: Path) -> dict[str, Any]:
     base = f"http://{address}/bulk"
     payload = workdir / "payload.bin"
     with payload.open("wb") as out:
@@ -265,7 +179,7 @@ def stream(gateway: Service, address: str, size: int, workdir: Path) -> dict[str
     try:
         received = json.loads(up.stdout).get("received")
     except ValueError:
-        raise BenchError(f"upload failed ({up.returncode}): {up.stdout[:300]} {up.stderr[:300]}") from None
+        raise harness.BenchError(f"upload failed ({up.returncode}): {up.stdout[:300]} {up.stderr[:300]}") from None
     downloaded = int(down.stdout.strip() or 0)
     return {
         "bytes_each_way": size, "uploaded_received_by_upstream": received, "downloaded": downloaded,
@@ -283,28 +197,22 @@ def main() -> int:
     parser.add_argument("--stream-bytes", type=int, default=1024 * MIB)
     args = parser.parse_args()
     parts = args.parts or ["stream", "idle", "soak"]
-    nginx = ensure_tools()
+    nginx = harness.ensure_tools()
     results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="gateway-resources-") as tmp, terminate_on_signals():
-        workdir = Path(tmp)
-        services = Services(workdir, pin=True)
-        try:
-            gateway, address = start(services, nginx, workdir, args.connections)
-            for part in parts:
-                print(f"{part} ...", flush=True)
-                if part == "stream":
-                    results[part] = stream(gateway, address, args.stream_bytes, workdir)
-                elif part == "idle":
-                    results[part] = asyncio.run(idle(gateway, address, args.connections))
-                else:
-                    results[part] = soak(gateway, address, args.soak_seconds, workdir)
-                shown = {k: v for k, v in results[part].items() if k != "rss_samples_mb"}
-                print(f"  {json.dumps(shown)}", flush=True)
-        finally:
-            services.stop_all()
-    RESULTS_DIR.mkdir(exist_ok=True)
+    with harness.session("gateway-resources-", pin=True) as session:
+        gateway, address = start(session.services, nginx, args.connections)
+        for part in parts:
+            print(f"{part} ...", flush=True)
+            if part == "stream":
+                results[part] = stream(gateway, address, args.stream_bytes, session.workdir)
+            elif part == "idle":
+                results[part] = asyncio.run(idle(gateway, address, args.connections))
+            else:
+                results[part] = soak(gateway, address, args.soak_seconds, session.workdir)
+            shown = {k: v for k, v in results[part].items() if k != "rss_samples_mb"}
+            print(f"  {json.dumps(shown)}", flush=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    (RESULTS_DIR / f"{stamp}-resources.json").write_text(json.dumps(results, indent=2))
+    measuring.write_json(f"{stamp}-resources.json", results)
     failed = [part for part, result in results.items() if not result["ok"]]
     print("all goals met" if not failed else f"goals missed: {', '.join(failed)}")
     return 1 if failed else 0

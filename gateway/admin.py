@@ -23,6 +23,7 @@ from aiohttp.typedefs import Handler, Middleware
 from gateway.config_load import LoadedConfig
 from gateway.config_model import GatewaySettings, RouteConfig
 from gateway.errors import Forbidden, GatewayError, Unauthorized, error_response
+from gateway.hygiene import split_host
 from gateway.redaction import REDACTED, Loc, hide_url_passwords, secret_field
 
 # Always answered, whatever the Host and without the token: the kubelet and Prometheus ask here.
@@ -115,7 +116,7 @@ def refuse(request: web.Request, settings: GatewaySettings) -> GatewayError | No
     hosts = request.headers.getall("Host", [])
     if len(hosts) != 1:
         return Forbidden("the request needs one Host header")
-    host = _split_host(hosts[0])
+    host = split_host(hosts[0].strip())
     if host is None or not admin_host(host[0], settings.admin_hosts):
         return Forbidden(f"Host {hosts[0]!r} is not an IP address, localhost or a name in gateway.admin_hosts")
     if request.method not in _SAFE_METHODS and _cross_site(request, host):
@@ -131,7 +132,7 @@ def admin_host(name: str, allowed: Iterable[str]) -> bool:
     if name == "localhost" or _ip_literal(name):
         return True
     for entry in allowed:
-        split = _split_host(entry.strip())
+        split = split_host(entry.strip())
         if split is not None and split[0] == name:
             return True
     return False
@@ -148,29 +149,6 @@ def _ip_literal(name: str) -> bool:
     return True
 
 
-def _split_host(value: str) -> tuple[str, int | None] | None:
-    """``host[:port]`` as (lower-case name, port); an IPv6 name keeps its brackets; a trailing
-    dot is dropped. None when malformed."""
-    value = value.strip()
-    if value.startswith("["):
-        close = value.find("]")
-        if close < 0:
-            return None
-        name, rest = value[: close + 1], value[close + 1:]
-        if rest and not rest.startswith(":"):
-            return None
-        port = rest[1:]
-    else:
-        name, _, port = value.partition(":")
-        if ":" in port:
-            return None
-    if port and not (port.isascii() and port.isdigit() and int(port) <= 65535):
-        return None
-    name = name.lower()
-    name = name[:-1] if name.endswith(".") and not name.startswith("[") else name
-    return (name, int(port) if port else None) if name else None
-
-
 def _cross_site(request: web.Request, host: tuple[str, int | None]) -> bool:
     """A browser tells where a request comes from; same-site is exactly http://<Host>."""
     if request.headers.get("Sec-Fetch-Site", "").strip().lower() == "cross-site":
@@ -183,7 +161,7 @@ def _cross_site(request: web.Request, host: tuple[str, int | None]) -> bool:
     scheme, sep, rest = origins[0].strip().partition("://")
     if not sep or scheme.lower() != "http" or any(c in rest for c in "/?#@"):
         return True  # "null", https://, or not an origin at all
-    origin = _split_host(rest)
+    origin = split_host(rest)
     return origin is None or (origin[0], origin[1] or 80) != (host[0], host[1] or 80)
 
 

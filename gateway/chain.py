@@ -1,7 +1,9 @@
 """Building a route's chain: global plugins, route plugins, terminal — each hop timed.
 
 The timing is done here, by construction, so no plugin measures itself. A plugin's
-duration is its own time: what it spent in the rest of the chain is subtracted.
+duration is its own time: what it spent in the rest of the chain is subtracted. When the
+request's trace is recorded, each plugin also becomes an event on the request's span, with
+that self time (docs/operations.md#tracing).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from gateway.compose import Handler, Layer, compose
 from gateway.errors import GatewayError, InternalError
 from gateway.http import Request, Response
 from gateway.plugin import Plugin
+from gateway.request_scope import current
 
 log = logging.getLogger("gateway.chain")
 
@@ -44,8 +47,13 @@ def timed_plugin(plugin: Plugin[Any], histogram_child: Any, route: str) -> Layer
             raise PluginFailed(f"plugin {name} failed") from None
         finally:
             total = time.perf_counter() - start
-            observe(total - request._below)
+            own = total - request._below
+            observe(own)
             request._below = saved + total
+            scope = current()
+            if scope is not None and scope.server is not None:  # the trace is recorded
+                scope.server.events.append((f"plugin {name}", time.time_ns() - int(total * 1e9), {
+                    "gateway.plugin": name, "gateway.plugin.self_ms": round(own * 1000, 3)}))
 
     return hop
 

@@ -84,12 +84,12 @@ def _validate(args: argparse.Namespace) -> int:
     if loaded is None:
         return 1
     # Building the runtime instantiates every plugin: option combinations fail here too.
+    from gateway.clients import Clients
     from gateway.metrics import Metrics
-    from gateway.plugin import ClientHolder
     from gateway.runtime import Runtime
 
     try:
-        Runtime(loaded, Metrics(), ClientHolder())
+        Runtime(loaded, Metrics(), Clients())
     except ConfigError as exc:
         for line in exc.lines():
             print(line, file=sys.stderr)
@@ -158,7 +158,7 @@ def _run(args: argparse.Namespace) -> int:
         from gateway.supervisor import run_supervisor
 
         return run_supervisor(loaded, args, workers)
-    from gateway.process_main import run_single
+    from gateway.launch import run_single
 
     return run_single(loaded, args)
 

@@ -251,6 +251,38 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+def _check_log_path(value: str) -> str:
+    if not value or "\0" in value:
+        raise ValueError('must be "-" (standard output) or a file path')
+    return value
+
+
+def _check_endpoint(value: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ValueError(f"must be an OTLP/HTTP base URL such as http://collector:4318, got {value!r}")
+    return value
+
+
+class AccessLogConfig(Strict):
+    """``[gateway.access_log]`` (docs/operations.md#access-log)."""
+
+    enabled: bool = True
+    path: Annotated[str, AfterValidator(_check_log_path)] = "-"  # "-": standard output
+    format: Literal["json", "text"] = "json"
+    query: bool = False  # the query string in `path` (credential-like parameters redacted)
+
+
+class TracingConfig(Strict):
+    """``[gateway.tracing]`` (docs/operations.md#tracing): where spans are exported by OTLP/HTTP."""
+
+    endpoint: Annotated[str, AfterValidator(_check_endpoint)]  # spans go to <endpoint>/v1/traces
+    service_name: Annotated[str, Field(min_length=1, max_length=200)] = "gateway"
+    sample_ratio: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
+
+
 class GatewaySettings(Strict):
     listen: Listen = "0.0.0.0:8080"
     admin_listen: Listen = "127.0.0.1:9901"
@@ -276,6 +308,8 @@ class GatewaySettings(Strict):
     # Admin listener hardening (docs/operations.md#admin-listener)
     admin_hosts: list[str] = Field(default_factory=list)  # Host names accepted besides IP literals and localhost
     admin_token: str = ""  # when set, admin endpoints but /healthz /readyz /metrics need "Bearer <token>"
+    access_log: AccessLogConfig | None = None  # one line per request (docs/operations.md#access-log)
+    tracing: TracingConfig | None = None  # span export; without it trace context is only propagated
 
 
 class UpstreamTimeouts(Strict):

@@ -8,7 +8,8 @@ on the open internet needs (docs/operations.md#client-connections).
 - ``max_connections``: open connections per process; a connection beyond it is closed as
   soon as it is accepted, the existing ones are untouched;
 - a request the HTTP parser rejects is answered with a problem document that does not echo
-  the input, counted as ``route="_malformed"`` and logged in one line without header values.
+  the input, counted as ``route="_malformed"``, logged in one line without header values
+  and written to the access log.
 
 Limits are read from a ``ConnectionLimits`` shared with the process, so a reload applies them
 to connections opened afterwards.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,11 +29,13 @@ from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from prometheus_client import Gauge
 
+from gateway.access_log import AccessLog
 from gateway.config_model import GatewaySettings
 from gateway.edge import Whole
 from gateway.errors import BadRequest, GatewayError, HeadersTooLarge, UriTooLong, error_response
 from gateway.ids import new_request_id
 from gateway.metrics import MALFORMED, RequestMetrics
+from gateway.observe import malformed_entry
 
 log = logging.getLogger("gateway.connections")
 # What the parser quotes when the request line (or its target) is too long: "GET /..." or "/...".
@@ -46,6 +50,7 @@ class ConnectionLimits:
     settings: GatewaySettings
     gauge: Gauge
     malformed: RequestMetrics
+    access_log: Callable[[], AccessLog | None] = lambda: None  # the current runtime's
     open: int = 0
 
 
@@ -129,6 +134,9 @@ class ClientConnection(RequestHandler):
         out = Whole(status=response.status, headers=response.headers, body=response.body)
         out.headers["X-Request-ID"] = request_id
         out.force_close()
+        access_log = self._limits.access_log()
+        if access_log is not None:
+            access_log.write(malformed_entry(access_log, request_id, request.remote, error.status))
         return out
 
 

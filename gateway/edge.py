@@ -14,9 +14,12 @@ from gateway.errors import BadRequest, GatewayError, InternalError, PayloadTooLa
 from gateway.http import Body, Request, Response
 from gateway.hygiene import check_host, clean_headers
 from gateway.ids import new_request_id, sane_request_id
-from gateway.metrics import RequestMetrics
+from gateway.metrics import UNMATCHED, RequestMetrics
 from gateway.normalize import PathRefused, normalize_path, routing_form, split_target
+from gateway.observe import access_entry, finish_server_span, server_span
+from gateway.request_scope import RequestScope, Upstreams, enter, leave
 from gateway.runtime import CompiledRoute, Runtime
+from gateway.trace_context import incoming_fields
 
 log = logging.getLogger("gateway.edge")
 
@@ -55,7 +58,16 @@ class Edge:
     async def __call__(self, raw: web.BaseRequest) -> web.StreamResponse:
         start = time.perf_counter()
         runtime = self.runtime
-        request_id = sane_request_id(raw.headers.get("X-Request-ID")) or new_request_id()
+        headers = raw.headers
+        request_id = sane_request_id(headers.get("X-Request-ID")) or new_request_id()
+        trace = incoming_fields(headers.get("traceparent"), headers.get("tracestate"), runtime.sample_ratio)
+        exporter = runtime.exporter
+        access_log = runtime.access_log
+        scope = RequestScope(request_id, trace, [] if exporter is not None and trace[2] else None,
+                             Upstreams() if access_log is not None else None)
+        if scope.spans is not None:
+            scope.server = server_span(scope, raw)
+        token = enter(scope)
         metrics: RequestMetrics = runtime.unmatched
         route_name: str | None = None
         request: Request | None = None
@@ -64,26 +76,35 @@ class Edge:
         runtime.enter()
         try:
             try:
-                request, route = await self._admit(raw, runtime, request_id)
+                request, route = await self._admit(raw, runtime, scope)
             except GatewayError as exc:
                 response = error_response(exc, None, request_id)
             else:
                 metrics = route.metrics
-                route_name = route.name
+                route_name = scope.route = route.name
                 metrics.inflight.inc()
                 response = await self._call(route.handler, request, route.max_body_bytes)
             if request is not None:
                 request_id = request.request_id
-            out = await self._send(raw, response, request, request_id, route_name)
+            out = await self._send(raw, response, request, request_id, route_name, scope)
             status, source = out.status, response.source
             return out
         finally:
             runtime.leave()
             if route_name is not None:
                 metrics.inflight.dec()
-            metrics.observe(raw.method, status, source, time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+            metrics.observe(raw.method, status, source, seconds)
+            if exporter is not None and scope.server is not None:
+                finish_server_span(scope, route_name, status)
+                exporter.export(scope)
+            if access_log is not None:
+                access_log.write(access_entry(access_log, scope, raw, request, route_name or UNMATCHED,
+                                              status, source, seconds))
+            leave(token)
 
-    async def _admit(self, raw: web.BaseRequest, runtime: Runtime, request_id: str) -> tuple[Request, CompiledRoute]:
+    async def _admit(self, raw: web.BaseRequest, runtime: Runtime, scope: RequestScope
+                     ) -> tuple[Request, CompiledRoute]:
         """Everything before the chain (docs/security.md): the method, the request-target
         normalized, the Host checked, the headers cleaned, then the route looked up by the
         normalized path. Raises GatewayError (400/404/405) for what cannot go on."""
@@ -96,6 +117,7 @@ class Edge:
                                   keep_encoded_slashes=settings.encoded_slashes == "keep")
         except PathRefused as exc:
             raise BadRequest(str(exc)) from None
+        scope.path, scope.query = path, query
         host = authority if authority is not None else raw.headers.get(hdrs.HOST)
         check_host(host)
         peer = raw.remote or ""
@@ -109,8 +131,9 @@ class Edge:
             params=params,
             client_ip=runtime.trusted.client_ip(peer, ", ".join(raw.headers.getall("X-Forwarded-For", ()))),
             peer=peer, scheme=raw.scheme, host=host or raw.host, version=(raw.version.major, raw.version.minor),
-            route=route.name, request_id=request_id,
+            route=route.name, request_id=scope.request_id,
         )
+        scope.request = request
         return request, route
 
     async def _call(self, handler: Handler, request: Request, limit: int) -> Response:
@@ -128,28 +151,32 @@ class Edge:
 
     async def _send(
         self, raw: web.BaseRequest, response: Response, request: Request | None,
-        request_id: str, route: str | None,
+        request_id: str, route: str | None, scope: RequestScope,
     ) -> web.StreamResponse:
         if response.upgrade is not None:
             return await response.upgrade.accept(raw)  # type: ignore[no-any-return]
         headers = response.headers
         headers[request.request_id_header if request is not None else "X-Request-ID"] = request_id
         stream = response.stream
+        head_only = raw.method == "HEAD"
         if stream is None:
             headers.popall(hdrs.CONTENT_LENGTH, None)
+            scope.bytes_out = 0 if head_only else len(response.body)
             return Whole(status=response.status, headers=headers, body=response.body)
         try:
             # A body that has already arrived whole goes out in one write; anything else is
             # streamed as it comes, so a slow upstream never holds the headers back.
             whole = getattr(stream, "whole", None)
-            body = whole() if whole is not None and raw.method != "HEAD" else None
+            body = whole() if whole is not None and not head_only else None
             if body is not None:
                 headers.popall(hdrs.CONTENT_LENGTH, None)
+                scope.bytes_out = len(body)
                 return Whole(status=response.status, headers=headers, body=body)
             out = Streamed(status=response.status, headers=headers)
             await out.prepare(raw)
             try:
                 async for chunk in stream:
+                    scope.bytes_out += len(chunk)
                     await out.write(chunk)
             except GatewayError as exc:
                 # Headers are gone already: the only honest signal left is to cut the connection.

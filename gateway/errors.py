@@ -80,18 +80,26 @@ class InternalError(GatewayError):
 
 
 class BadRequest(GatewayError):
+    """The request is malformed or breaks a rule of the route (hygiene, a bad body)."""
+
     status, title, slug = 400, "Bad Request", "bad-request"
 
 
 class Unauthorized(GatewayError):
+    """No credentials, or ones that do not check out; auth plugins add ``WWW-Authenticate``."""
+
     status, title, slug = 401, "Unauthorized", "unauthorized"
 
 
 class Forbidden(GatewayError):
+    """Known caller (or address), not allowed here: ``ip_filter``, the admin guard."""
+
     status, title, slug = 403, "Forbidden", "forbidden"
 
 
 class NotFound(GatewayError):
+    """No route matches the path (or a plugin hides what exists)."""
+
     status, title, slug = 404, "Not Found", "not-found"
 
 
@@ -104,10 +112,14 @@ class MethodNotAllowed(GatewayError):
 
 
 class RequestTimeout(GatewayError):
+    """The client took too long to send its request."""
+
     status, title, slug = 408, "Request Timeout", "request-timeout"
 
 
 class PayloadTooLarge(GatewayError):
+    """The request body is larger than the route allows."""
+
     status, title, slug = 413, "Content Too Large", "payload-too-large"
 
 
@@ -125,10 +137,14 @@ class BodyStalled(BodyError, RequestTimeout):
 
 
 class UriTooLong(GatewayError):
+    """The request line is longer than the edge accepts."""
+
     status, title, slug = 414, "URI Too Long", "uri-too-long"
 
 
 class HeadersTooLarge(GatewayError):
+    """A header line, or all of them together, is larger than the edge accepts."""
+
     status, title, slug = 431, "Request Header Fields Too Large", "headers-too-large"
 
 
@@ -152,10 +168,14 @@ class UpstreamReset(UpstreamError):
 
 
 class ServiceUnavailable(GatewayError):
+    """No target can take the call now (all down, breaker open, over a limit)."""
+
     status, title, slug = 503, "Service Unavailable", "unavailable"
 
 
 class GatewayTimeout(GatewayError):
+    """The route's time ran out before an answer was ready."""
+
     status, title, slug = 504, "Gateway Timeout", "upstream-timeout"
 
 

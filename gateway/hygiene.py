@@ -24,17 +24,31 @@ _NEVER_NAMED = frozenset({"host", "content-length"})
 _UNTRUSTED_DROP = ("forwarded", "x-real-ip")
 _PLAIN_CONNECTION = frozenset({"keep-alive", "close", "upgrade"})
 _AUTHORITY = re.compile(
-    r"(?:\[[0-9A-Fa-f:.]+(?:%25[A-Za-z0-9._~-]+)?\]|[A-Za-z0-9._~-]+)(?::(?P<port>[0-9]{0,5}))?"
+    r"(?P<name>\[[0-9A-Fa-f:.]+(?:%25[A-Za-z0-9._~-]+)?\]|[A-Za-z0-9._~-]+)(?::(?P<port>[0-9]{0,5}))?"
 )
+
+
+def split_host(value: str) -> tuple[str, int | None] | None:
+    """An authority ``host[:port]`` (a host name or IP literal, an optional port) as (lower-case
+    name, port); an IPv6 literal keeps its brackets, a name its trailing dot dropped. None when
+    it is not one."""
+    match = _AUTHORITY.fullmatch(value)
+    if match is None or value.startswith(".") or ".." in value:
+        return None
+    port = match.group("port")
+    if port and int(port) > 65535:
+        return None
+    name = match.group("name").lower()
+    if name.endswith(".") and not name.startswith("["):
+        name = name[:-1]
+    return (name, int(port) if port else None) if name else None
 
 
 def check_host(host: str | None) -> None:
     """A Host must be an authority: a host name or IP literal, an optional port."""
     if host is None:
         return  # HTTP/1.0 without Host (HTTP/1.1 without one is refused by the parser)
-    match = _AUTHORITY.fullmatch(host)
-    port = match.group("port") if match is not None else None
-    if match is None or (port and int(port) > 65535) or host.startswith(".") or ".." in host:
+    if split_host(host) is None:
         raise BadRequest("the Host header is not a valid host[:port]")
 
 

@@ -99,6 +99,9 @@ class Metrics:
             ["upstream", "target"], multiprocess_mode="max", registry=r)
         self.redis_up = Gauge(
             "gateway_redis_up", "Whether the shared Redis answers.", multiprocess_mode="max", registry=r)
+        self.access_log_dropped = Counter(
+            "gateway_access_log_dropped_total", "Access-log lines dropped because writing fell too far behind.",
+            registry=r)
         self.config_reloads = Counter(
             "gateway_config_reloads_total", "Configuration reloads by result.", ["result"], registry=r)
         self.build_info = Gauge(

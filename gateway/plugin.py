@@ -6,7 +6,8 @@ response. The gateway times and counts every plugin; plugins do not measure them
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 
@@ -17,7 +18,6 @@ from gateway.compose import Handler
 from gateway.config_model import ConsumerConfig, GatewaySettings
 from gateway.http import Request, Response
 from gateway.redis_pool import RedisHolder
-from gateway.upstream.http1 import Http1Client
 
 if TYPE_CHECKING:
     from gateway.metrics import Metrics
@@ -29,22 +29,8 @@ class PluginConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
-class ClientHolder:
-    """Gives plugins the gateway's pooled HTTP client once the gateway has started."""
-
-    def __init__(self) -> None:
-        self._session: aiohttp.ClientSession | None = None
-        self.http1 = Http1Client()  # the proxy's and steps' lean pools (gateway.upstream.http1)
-        self.redis = RedisHolder()  # the process's Redis pool(s), closed when the process drains
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            raise RuntimeError("the HTTP client exists only between startup and shutdown")
-        return self._session
-
-    def set(self, session: aiohttp.ClientSession | None) -> None:
-        self._session = session
+def _no_session() -> aiohttp.ClientSession:
+    raise RuntimeError("the HTTP client exists only between startup and shutdown")
 
 
 @dataclass(frozen=True)
@@ -55,8 +41,32 @@ class PluginContext:
     settings: GatewaySettings
     consumers: Mapping[str, ConsumerConfig]
     metrics: Metrics
-    client: ClientHolder = field(default_factory=ClientHolder)
-    redis: RedisHolder = field(default_factory=RedisHolder)  # shared Redis client (gateway.redis_pool)
+    redis: RedisHolder = field(default_factory=RedisHolder)  # the process's Redis pools (gateway.redis_pool)
+    sessions: Callable[[], aiohttp.ClientSession] = field(default=_no_session, repr=False)
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        """The gateway's pooled aiohttp session, for a plugin's own calls (JWKS, token
+        introspection): it exists between startup and shutdown, so use it from ``startup``
+        on, never in ``__init__``."""
+        return self.sessions()
+
+    @property
+    def client(self) -> _OldClient:
+        """``context.client.session``: the name before ``context.http``, kept for one release."""
+        return _OldClient(self)
+
+
+class _OldClient:
+    __slots__ = ("_context",)
+
+    def __init__(self, context: PluginContext) -> None:
+        self._context = context
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        warnings.warn("context.client.session is deprecated: use context.http", DeprecationWarning, stacklevel=2)
+        return self._context.http
 
 
 ConfigT = TypeVar("ConfigT", bound=PluginConfig)

@@ -12,13 +12,12 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.admin import AdminSource, admin_app
+from gateway.clients import Clients
 from gateway.config_load import ConfigError, LoadedConfig, load_config
 from gateway.connections import BoundedServer, ConnectionLimits
 from gateway.edge import Edge
 from gateway.metrics import MALFORMED, Metrics, RequestMetrics, render
-from gateway.plugin import ClientHolder
 from gateway.runtime import Runtime
-from gateway.upstream.sender import new_session
 
 log = logging.getLogger("gateway")
 
@@ -48,24 +47,23 @@ class GatewayProcess(AdminSource):
         self.reuse_port = reuse_port
         self.count_reloads = count_reloads  # a supervisor counts reloads for its workers
         self.metrics = metrics if metrics is not None else Metrics()
-        self.client = ClientHolder()
-        self.runtime = Runtime(loaded, self.metrics, self.client)
+        self.clients = Clients()
+        self.runtime = Runtime(loaded, self.metrics, self.clients)
         self.edge = Edge(self.runtime)
         self.limits = ConnectionLimits(
-            loaded.config.gateway, self.metrics.client_connections, RequestMetrics(self.metrics, MALFORMED))
+            loaded.config.gateway, self.metrics.client_connections, RequestMetrics(self.metrics, MALFORMED),
+            lambda: self.edge.runtime.access_log)
         self.draining = False
         self.started = False
         self.last_reload: tuple[float, str] | None = None
         self._runner: web.ServerRunner | None = None
         self._admin_runner: web.AppRunner | None = None
         self._reload_lock = asyncio.Lock()
-        self._sweeper: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.client.set(new_session())
-        self._sweeper = asyncio.get_running_loop().create_task(self.client.http1.sweep_forever())
+        await self.clients.start()
         await self.runtime.start()
         settings = self.loaded.config.gateway
         server = BoundedServer(
@@ -91,14 +89,7 @@ class GatewayProcess(AdminSource):
         if self._runner is not None:
             await self._runner.cleanup()  # closes listeners, then waits for handlers to finish
         await self.runtime.stop()
-        await self.client.redis.close()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-        await self.client.http1.close()
-        session = self.client.session if self.client._session is not None else None
-        if session is not None:
-            await session.close()
-        self.client.set(None)
+        await self.clients.close()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
 
@@ -109,7 +100,7 @@ class GatewayProcess(AdminSource):
         async with self._reload_lock:
             try:
                 loaded = load_config(self.loaded.source)
-                runtime = Runtime(loaded, self.metrics, self.client)
+                runtime = Runtime(loaded, self.metrics, self.clients)
                 await runtime.start()
             except ConfigError as exc:
                 return self._reload_failed("\n".join(exc.lines()))

@@ -11,10 +11,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from aiohttp.web_urldispatcher import AbstractRoute
 
+from gateway.access_log import AccessLog
 from gateway.chain import build_chain
+from gateway.clients import Clients
 from gateway.compose import Handler
 from gateway.config_load import ConfigError, LoadedConfig, PluginUse, Problem
 from gateway.config_model import RouteConfig
@@ -25,8 +28,9 @@ from gateway.metrics import UNMATCHED, Metrics, RequestMetrics
 from gateway.orchestration.callers import UpstreamCaller
 from gateway.orchestration.plan import Plan
 from gateway.orchestration.terminal import OrchestrationTerminal
-from gateway.plugin import ClientHolder, Plugin, PluginContext
+from gateway.plugin import Plugin, PluginContext
 from gateway.proxy import ProxyTerminal
+from gateway.tracing import Exporter
 from gateway.upstream.stack import Upstream
 
 
@@ -66,7 +70,7 @@ class _Lookup:
 class Runtime:
     """Routes, plugins and upstreams of one config version."""
 
-    def __init__(self, loaded: LoadedConfig, metrics: Metrics, client: ClientHolder) -> None:
+    def __init__(self, loaded: LoadedConfig, metrics: Metrics, clients: Clients) -> None:
         config = loaded.config
         settings = config.gateway
         self.loaded = loaded
@@ -74,12 +78,15 @@ class Runtime:
         self.settings = settings
         self.trusted = TrustedProxies(settings.trusted_proxies)
         self.upstreams = {
-            name: Upstream(name, up, client, settings.max_body_bytes) for name, up in config.upstreams.items()
+            name: Upstream(name, up, clients, settings.max_body_bytes) for name, up in config.upstreams.items()
         }
         problems: list[Problem] = []
 
+        def session() -> aiohttp.ClientSession:
+            return clients.session
+
         def instantiate(uses: Sequence[PluginUse], route: str | None) -> list[Plugin[Any]]:
-            context = PluginContext(route, settings, config.consumers, metrics, client, client.redis)
+            context = PluginContext(route, settings, config.consumers, metrics, clients.redis, session)
             out = []
             for use in uses:
                 try:
@@ -112,6 +119,11 @@ class Runtime:
             m for route in config.routes for m in (route.methods or ()) if m in EXPLICIT_ONLY
         )
         self.unmatched = RequestMetrics(metrics, UNMATCHED)
+        log_config = settings.access_log
+        self.access_log = (AccessLog(log_config, _key_params(self.all_plugins()), metrics.access_log_dropped.inc)
+                           if log_config is not None and log_config.enabled else None)
+        self.sample_ratio = settings.tracing.sample_ratio if settings.tracing is not None else 0.0
+        self.exporter: Exporter | None = None  # made by start(): it runs a worker thread
         self.active = 0  # requests in flight on this version (a retired version waits for 0)
         self._idle: asyncio.Event | None = None
 
@@ -191,11 +203,26 @@ class Runtime:
             raise
         for upstream in self.upstreams.values():
             await upstream.start(self.settings.redis_url)  # health checks, shared breakers, gauges
+        if self.access_log is not None:
+            await self.access_log.start()
+        if self.settings.tracing is not None:
+            self.exporter = Exporter(self.settings.tracing)
 
     async def stop(self) -> None:
         for upstream in self.upstreams.values():
             await upstream.stop()
         for plugin in reversed(self.all_plugins()):
             await plugin.shutdown()
+        if self.access_log is not None:
+            await self.access_log.close()
+        exporter, self.exporter = self.exporter, None
+        if exporter is not None:
+            await exporter.close()
+
+
+def _key_params(plugins: Sequence[Plugin[Any]]) -> list[str]:
+    """The query parameters api_key plugins read keys from (never written to the access log)."""
+    return [name for plugin in plugins if plugin.name == "api_key"
+            and isinstance(name := getattr(plugin.config, "query", None), str)]
 
 

@@ -19,10 +19,10 @@ from pathlib import Path
 from aiohttp import web
 
 from gateway.admin import AdminSource, admin_app
+from gateway.clients import Clients
 from gateway.config_load import ConfigError, LoadedConfig, load_config
-from gateway.plugin import ClientHolder
+from gateway.launch import StartupError, listen_failure, listen_option, one_line, run_main
 from gateway.process import split_listen
-from gateway.process_main import StartupError, listen_failure, listen_option, one_line, run_main
 
 log = logging.getLogger("gateway.supervisor")
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -132,7 +132,7 @@ class Supervisor(AdminSource):
 
         try:
             loaded = load_config(self.loaded.source)
-            Runtime(loaded, self.metrics, ClientHolder())  # plugins' own checks, as `gateway check` does
+            Runtime(loaded, self.metrics, Clients())  # plugins' own checks, as `gateway check` does
         except ConfigError as exc:
             self.metrics.config_reloads.labels("failure").inc()
             self.last_reload = (time.time(), "failure")
@@ -195,7 +195,7 @@ class Supervisor(AdminSource):
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
         from gateway.runtime import Runtime
 
-        Runtime(self.loaded, self.metrics, ClientHolder())  # a plugin that cannot be built: once, not per worker
+        Runtime(self.loaded, self.metrics, Clients())  # a plugin that cannot be built: once, not per worker
         self.probe_listen()
         runner = await self.start_admin()
         for slot in range(self.count):

@@ -4,13 +4,19 @@
     upstream = FakeUpstream(body=b"ok")
     response = await run_plugin(plugin, make_request("GET", "/x"), upstream)
     assert upstream.requests[0].headers["X-Greeting"] == "hi"
+
+``MockSender`` does for an upstream stack what ``FakeUpstream`` does for a chain: it stands
+where the pooled HTTP client would, so retry, breaker and balancer run without sockets.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import dataclasses
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
+import aiohttp
 from multidict import CIMultiDict
 from pydantic import ValidationError
 
@@ -20,6 +26,7 @@ from gateway.http import Body, Request, Response
 from gateway.ids import new_request_id
 from gateway.metrics import Metrics
 from gateway.plugin import Plugin, PluginContext
+from gateway.upstream.request import UpstreamRequest
 
 P = TypeVar("P", bound=Plugin[Any])
 
@@ -49,12 +56,16 @@ def build_plugin(
     settings: GatewaySettings | None = None,
     consumers: Mapping[str, ConsumerConfig] | None = None,
     metrics: Metrics | None = None,
+    http_session: aiohttp.ClientSession | None = None,
     **options: Any,
 ) -> P:
     """Validate ``options`` as the plugin's config (raising ValidationError like a bad
-    routes.toml would) and construct the plugin."""
+    routes.toml would) and construct the plugin; ``http_session`` is what ``context.http`` gives."""
     config = cls.Config.model_validate(options)
     context = PluginContext(route, settings or GatewaySettings(), consumers or {}, metrics or Metrics())
+    if http_session is not None:
+        session = http_session
+        context = dataclasses.replace(context, sessions=lambda: session)
     return cls(config, context)
 
 
@@ -72,6 +83,43 @@ class FakeUpstream:
         return Response(self.status, CIMultiDict(self.headers), self.body, source="upstream")
 
 
+Answer = Callable[[UpstreamRequest], "Response | Awaitable[Response]"]
+
+
+class MockSender:
+    """The innermost hop of an upstream stack, answered by ``answer`` instead of a socket (like
+    httpx's MockTransport). ``answer`` gets each attempt and returns a Response (or an
+    awaitable of one) or raises the error a real call would (``UpstreamConnectError``,
+    ``UpstreamTimeout``, ...). Every attempt is recorded as (target, attempt number), with a
+    copy of the headers it carried (the stack passes one request object from attempt to attempt)."""
+
+    def __init__(self, answer: Answer | None = None) -> None:
+        self.answer = answer
+        self.calls: list[tuple[str, int]] = []
+        self.headers: list[CIMultiDict[str]] = []
+
+    async def __call__(self, request: UpstreamRequest) -> Response:
+        self.calls.append((request.target, request.attempt))
+        self.headers.append(CIMultiDict(request.headers))
+        if self.answer is None:
+            return Response(200, CIMultiDict(), b"", source="upstream")
+        result = self.answer(request)
+        if isinstance(result, Response):
+            return result
+        return await result
+
+    @property
+    def targets(self) -> list[str]:
+        return [target for target, _ in self.calls]
+
+
+def upstream_request(method: str = "GET", path_qs: str = "/", *, route: str = "test", upstream: str = "svc",
+                     timeout: float = 5.0, body: bytes | None = None) -> UpstreamRequest:
+    """A call as a terminal hands it to an upstream stack (inside a running event loop)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    return UpstreamRequest(method, path_qs, CIMultiDict(), body, route=route, upstream=upstream, deadline=deadline)
+
+
 async def run_plugin(plugin: Plugin[Any], request: Request, upstream: Handler | None = None) -> Response:
     """Run one plugin with ``upstream`` as the rest of the chain; a raised GatewayError comes
     back as the problem response the client would get."""
@@ -84,4 +132,6 @@ async def run_plugin(plugin: Plugin[Any], request: Request, upstream: Handler | 
         return error_response(exc, request.route, request.request_id)
 
 
-__all__ = ["FakeUpstream", "ValidationError", "build_plugin", "make_request", "run_plugin"]
+__all__ = [
+    "FakeUpstream", "MockSender", "ValidationError", "build_plugin", "make_request", "run_plugin", "upstream_request",
+]

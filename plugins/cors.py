@@ -9,17 +9,7 @@ from collections.abc import MutableMapping
 from multidict import CIMultiDict
 from pydantic import Field
 
-from gateway import (
-    Duration,
-    Forbidden,
-    GatewayError,
-    Handler,
-    Plugin,
-    PluginConfig,
-    PluginContext,
-    Request,
-    Response,
-)
+from gateway import Duration, Forbidden, GatewayError, Handler, Plugin, PluginConfig, PluginContext, Request, Response
 
 
 class CorsConfig(PluginConfig):

@@ -107,24 +107,25 @@ def check_algorithms(config: JwtConfig) -> tuple[bytes | PublicKey | None, JwksK
     return key, None
 
 
+# PyJWT's errors, most specific first, as the failure reason and a safe description.
+_DESCRIPTIONS: tuple[tuple[type[Exception], Reason, str], ...] = (
+    (jwt.ExpiredSignatureError, "expired", "the token has expired"),
+    (jwt.ImmatureSignatureError, "invalid", "the token is not valid yet"),
+    (jwt.InvalidAudienceError, "invalid", "the token is not meant for this audience"),
+    (jwt.InvalidIssuerError, "invalid", "the token's issuer is not accepted"),
+    (jwt.InvalidSignatureError, "invalid", "the token's signature is not valid"),
+    (jwt.InvalidAlgorithmError, "invalid", "the token's algorithm is not accepted"),
+    (jwt.DecodeError, "invalid", "the token is malformed"),
+)
+
+
 def describe(exc: Exception) -> tuple[Reason, str]:
     """The failure reason and a short, safe description (never the token) of a PyJWT error."""
-    if isinstance(exc, jwt.ExpiredSignatureError):
-        return "expired", "the token has expired"
-    if isinstance(exc, jwt.ImmatureSignatureError):
-        return "invalid", "the token is not valid yet"
-    if isinstance(exc, jwt.InvalidAudienceError):
-        return "invalid", "the token is not meant for this audience"
-    if isinstance(exc, jwt.InvalidIssuerError):
-        return "invalid", "the token's issuer is not accepted"
     if isinstance(exc, jwt.MissingRequiredClaimError):
         return "invalid", f"the token lacks the required claim {exc.claim}"
-    if isinstance(exc, jwt.InvalidSignatureError):
-        return "invalid", "the token's signature is not valid"
-    if isinstance(exc, jwt.InvalidAlgorithmError):
-        return "invalid", "the token's algorithm is not accepted"
-    if isinstance(exc, jwt.DecodeError):
-        return "invalid", "the token is malformed"
+    for kind, reason, description in _DESCRIPTIONS:
+        if isinstance(exc, kind):
+            return reason, description
     return "invalid", "the token is not valid"
 
 
@@ -171,7 +172,7 @@ class JwtAuth(AuthPlugin[JwtConfig]):
 
     async def startup(self) -> None:
         if self.jwks is not None:
-            await self.jwks.start(lambda: self.context.client.session)
+            await self.jwks.start(lambda: self.context.http)
 
     async def shutdown(self) -> None:
         if self.jwks is not None:

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, settings
 
 from gateway.config_load import load_text
 from gateway.process import GatewayProcess
-from tests.support import free_port, metric, scrape, url
+from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,10 +54,12 @@ StartUpstream = Callable[..., Awaitable[Upstream]]
 
 @pytest.fixture
 async def upstream() -> AsyncIterator[StartUpstream]:
-    """Start an upstream: ``await upstream(handler)`` or ``await upstream(routes={...})``.
+    """Start an upstream: ``await upstream(handler)``, or ``await upstream()`` for one that
+    answers every request with its method and path as JSON.
 
-    A plain handler receives every request; the upstream records each request (and its
-    body, read by the recorder unless ``record_bodies=False``).
+    The handler receives every request; the upstream records each request (and its body,
+    read by the recorder unless ``record_bodies=False``). ``port`` starts it on a given port
+    (a target that was down coming back); by default any free one.
     """
     servers: list[TestServer] = []
 
@@ -65,6 +67,7 @@ async def upstream() -> AsyncIterator[StartUpstream]:
         handler: Callable[[web.Request], Awaitable[web.StreamResponse]] | None = None,
         *,
         record_bodies: bool = True,
+        port: int | None = None,
     ) -> Upstream:
         seen: list[web.Request] = []
         bodies: list[bytes] = []
@@ -82,7 +85,7 @@ async def upstream() -> AsyncIterator[StartUpstream]:
 
         app = web.Application(middlewares=[record], client_max_size=1024**3)
         app.router.add_route("*", "/{tail:.*}", handler or default)
-        server = TestServer(app, host="127.0.0.1")
+        server = TestServer(app, host="127.0.0.1", port=port)
         await server.start_server(auto_decompress=False)  # TestServer() drops runner options
         servers.append(server)
         return Upstream(server, seen, bodies)
@@ -91,8 +94,6 @@ async def upstream() -> AsyncIterator[StartUpstream]:
     for server in servers:
         await server.close()
 
-
-__all__ = ["metric", "scrape", "url"]  # re-exported for older test modules
 
 StartGateway = Callable[..., Awaitable[GatewayProcess]]
 

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from gateway import request_scope
 from gateway.errors import GatewayError
 from gateway.orchestration.bounded import DEFAULT_MAX_DEPTH, BadJson, loads_bounded
 from gateway.orchestration.merge import NotAnObject, merge
@@ -33,6 +34,7 @@ from gateway.orchestration.templates import (
     truthy,
     url_part,
 )
+from gateway.request_scope import INTERNAL
 
 Outcome = Literal["ok", "failed", "fallback", "skipped"]
 log = logging.getLogger("gateway.orchestration")
@@ -253,19 +255,31 @@ class _Run:
                 return self._skipped(step, by_condition=False, why=f"depends on {broken[0].name!r}, which failed")
             if any(r.outcome == "skipped" for r in before):
                 return self._skipped(step, by_condition=True, why="a step it depends on was skipped")
+        request = request_scope.current()
+        span = request.start_span(f"step {step.name}", INTERNAL, {"gateway.step": step.name}) \
+            if request is not None else None
+        if span is not None and request is not None:  # this task's calls are children of the step's span
+            request_scope.enter(request.child(span.span_id))
         try:
             if step.when is not None and not _holds(step.when, self.scope):
-                return self._skipped(step, by_condition=True, why="`when` is false")
-            if step.for_each is not None:
-                raw: Any = await self._fan_out(step, step.for_each)
+                result = self._skipped(step, by_condition=True, why="`when` is false")
             else:
-                raw = await self._call_once(step, self.scope)
+                raw: Any = await (self._fan_out(step, step.for_each) if step.for_each is not None
+                                  else self._call_once(step, self.scope))
+                self.raw[step.name] = raw
+                result = StepResult(step.name, "ok", 200, value=step.shape.apply(raw), merged=True)
         except BadClientInput as exc:
-            return StepResult(step.name, "failed", 400, str(exc), bad_request=True)
+            result = StepResult(step.name, "failed", 400, str(exc), bad_request=True)
         except StepFailed as exc:
-            return self._failed(step, exc.status, exc.message, from_upstream=exc.from_upstream)
-        self.raw[step.name] = raw
-        return StepResult(step.name, "ok", 200, value=step.shape.apply(raw), merged=True)
+            result = self._failed(step, exc.status, exc.message, from_upstream=exc.from_upstream)
+        except BaseException:  # cancelled: the answer was decided without this step
+            if span is not None:
+                request_scope.end_span(span, "cancelled")
+            raise
+        if span is not None:
+            span.attributes["gateway.step.outcome"] = result.outcome
+            request_scope.end_span(span, result.error if result.outcome in ("failed", "fallback") else None)
+        return result
 
     def _skipped(self, step: StepPlan, *, by_condition: bool, why: str) -> StepResult:
         use_fallback = not by_condition and step.has_fallback

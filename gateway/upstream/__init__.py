@@ -1,8 +1,8 @@
 """The upstream side: everything between a terminal and a service.
 
     request.py    UpstreamRequest, the handler/layer types every layer shares
-    stack.py      Upstream (the stack per route: retry -> breaker -> balancer -> measure -> sender)
-                  and UpstreamState (what survives reloads)
+    stack.py      Upstream: the stack per route (retry -> breaker -> balancer -> measure -> sender)
+    state.py      UpstreamState: what one upstream remembers between calls and across reloads
     retry.py  breaker.py  balancer.py  health.py     the policies
     sender.py     the innermost hop and the one place client errors are mapped
     http1.py      the pooled HTTP/1.1 client (connection.py: one keep-alive connection)

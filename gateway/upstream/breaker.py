@@ -212,7 +212,7 @@ def breaker_layer(group: BreakerGroup, metrics: UpstreamMetrics, rejected: Calla
             probe = breaker.admit()
         except CircuitOpen:
             rejected()
-            count(0, "circuit_open")
+            count(0, CircuitOpen.outcome)
             raise
         generation = breaker.generation
         failed: bool | None = None

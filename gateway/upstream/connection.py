@@ -60,17 +60,21 @@ class Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self._state = _IDLE
         self._head: asyncio.Future[None] | None = None
-        self._status = 0
-        self._headers: CIMultiDict[str] = CIMultiDict()
         self._chunks: deque[bytes] = deque()
-        self._buffered = 0
-        self._complete = False
-        self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._drained: asyncio.Future[None] | None = None
         self._paused = False
+        self._new_exchange(False)
+
+    def _new_exchange(self, head_only: bool) -> None:
+        """The state of one exchange as it is before the response's first byte."""
+        self._status = 0
+        self._headers: CIMultiDict[str] = CIMultiDict()
+        self._buffered = 0
+        self._complete = False
+        self._error: BaseException | None = None
         self._got_bytes = False
-        self._no_body = False
+        self._no_body = head_only
         self._grace = False
         self.sending = False
         self.keep_alive = True
@@ -251,16 +255,7 @@ class Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self._state = _HEAD
         self._head = self.loop.create_future()
-        self._status = 0
-        self._headers = CIMultiDict()
-        self._buffered = 0
-        self._complete = False
-        self._error = None
-        self._got_bytes = False
-        self._no_body = head_only
-        self._grace = False
-        self.sending = False
-        self.keep_alive = True
+        self._new_exchange(head_only)
         return self._head
 
     async def write_body(self, chunks: AsyncIterable[bytes], chunked: bool) -> None:

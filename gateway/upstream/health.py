@@ -12,11 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import aiohttp
 
 from gateway.config_model import HealthConfig
-from gateway.plugin import ClientHolder
+
+if TYPE_CHECKING:
+    from gateway.clients import Clients
 
 log = logging.getLogger("gateway.upstream.health")
 PROBE_HEADERS = {"User-Agent": "gateway-health-check"}
@@ -76,13 +79,13 @@ class Health:
         if self.on_change is not None:
             self.on_change(target, up)
 
-    async def run(self, client: ClientHolder) -> None:
+    async def run(self, clients: Clients) -> None:
         """Probe every target each ``interval`` until cancelled."""
         limit = aiohttp.ClientTimeout(total=self.config.timeout)
         path = self.config.path if self.config.path.startswith("/") else "/" + self.config.path
         while True:
             try:
-                session = client.session
+                session = clients.session
             except RuntimeError:  # between shutdown and a restart: nothing to probe with
                 session = None
             if session is not None and not session.closed:

@@ -184,6 +184,11 @@ class Http1Client:
         self._pools: dict[str, TargetPool] = {}
         self._ssl = ssl_context
 
+
+    @property
+    def pools(self) -> dict[str, TargetPool]:
+        """The pool per target (for inspection: what is open, what is parked)."""
+        return self._pools
     def _pool(self, target: str) -> TargetPool:
         pool = self._pools.get(target)
         if pool is None:

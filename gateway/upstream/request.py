@@ -4,6 +4,7 @@ handler signature the layers share (``async (UpstreamRequest) -> Response``)."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.compose import Layer
@@ -13,35 +14,20 @@ from gateway.http import Body, Response
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 
+@dataclass(slots=True, eq=False)
 class UpstreamRequest:
     """One call to an upstream as the upstream stack sees it."""
 
-    __slots__ = (
-        "method", "path_qs", "headers", "body", "route", "upstream", "target", "attempt", "deadline",
-        "tried",
-    )
-
-    def __init__(
-        self,
-        method: str,
-        path_qs: str,
-        headers: Any,
-        body: Body | bytes | None,
-        *,
-        route: str,
-        upstream: str,
-        deadline: float,
-    ) -> None:
-        self.method = method
-        self.path_qs = path_qs
-        self.headers = headers
-        self.body = body
-        self.route = route
-        self.upstream = upstream
-        self.target = ""
-        self.attempt = 1
-        self.deadline = deadline  # loop time by which response headers must have arrived
-        self.tried: set[str] | None = None  # targets earlier attempts went to (set by the retry layer)
+    method: str
+    path_qs: str
+    headers: Any
+    body: Body | bytes | None
+    route: str = field(kw_only=True)
+    upstream: str = field(kw_only=True)
+    deadline: float = field(kw_only=True)  # loop time by which response headers must have arrived
+    target: str = field(default="", init=False)
+    attempt: int = field(default=1, init=False)
+    tried: set[str] | None = field(default=None, init=False)  # targets earlier attempts went to (retry layer)
 
 
 UpstreamHandler = Callable[[UpstreamRequest], Awaitable[Response]]

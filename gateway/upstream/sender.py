@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING
 
 import aiohttp
 
@@ -14,6 +14,9 @@ from gateway.config_model import UpstreamTimeouts
 from gateway.errors import GatewayError, UpstreamConnectError, UpstreamError, UpstreamReset, UpstreamTimeout
 from gateway.http import Body, Response
 from gateway.upstream.request import UpstreamRequest
+
+if TYPE_CHECKING:
+    from gateway.clients import Clients
 
 
 def new_session() -> aiohttp.ClientSession:
@@ -34,8 +37,8 @@ def new_session() -> aiohttp.ClientSession:
 class Sender:
     """The innermost hop of every upstream stack: one HTTP exchange with one target."""
 
-    def __init__(self, session_source: Any, timeouts: UpstreamTimeouts, max_msg_size: int) -> None:
-        self._sessions = session_source  # gateway.plugin.ClientHolder
+    def __init__(self, clients: Clients, timeouts: UpstreamTimeouts, max_msg_size: int) -> None:
+        self._clients = clients
         self._connect_timeout = timeouts.connect
         self._idle_timeout = timeouts.idle
         self._response_timeout = timeouts.response
@@ -58,7 +61,7 @@ class Sender:
         if isinstance(data, bytes):
             request.headers["Content-Length"] = str(len(data))
         try:
-            response = await self._sessions.http1.request(
+            response = await self._clients.http1.request(
                 request.target, request.method, request.path_qs, request.headers, data,
                 deadline=deadline, connect_timeout=self._connect_timeout, idle_timeout=self._idle_timeout,
             )

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import WSMsgType, web
@@ -16,6 +16,9 @@ from gateway.errors import GatewayError, UpstreamError
 from gateway.http import Response
 from gateway.upstream.request import UpstreamRequest
 from gateway.upstream.sender import map_client_error
+
+if TYPE_CHECKING:
+    from gateway.clients import Clients
 
 
 def wants_websocket(headers: CIMultiDict[str]) -> bool:
@@ -69,15 +72,15 @@ class WebSocketSender:
     """The innermost hop of a websocket route's upgrade stack (placed by the stack builder):
     the handshake with the chosen target, under the upstream's response timeout."""
 
-    def __init__(self, sessions: Any, response_timeout: float, max_msg_size: int) -> None:
-        self._sessions = sessions  # gateway.plugin.ClientHolder
+    def __init__(self, clients: Clients, response_timeout: float, max_msg_size: int) -> None:
+        self._clients = clients
         self._response_timeout = response_timeout
         self._max_msg_size = max_msg_size
 
     async def __call__(self, request: UpstreamRequest) -> Response:
         loop = asyncio.get_running_loop()
         request.deadline = min(request.deadline, loop.time() + self._response_timeout)
-        return await open_websocket(self._sessions.session, request, self._max_msg_size)
+        return await open_websocket(self._clients.session, request, self._max_msg_size)
 
 
 async def open_websocket(session: aiohttp.ClientSession, request: UpstreamRequest, max_msg_size: int) -> Response:

@@ -3,7 +3,6 @@ and, with gateway.admin_token, wants the bearer token — probes and scrapes are
 
 from __future__ import annotations
 
-import asyncio
 import json
 import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -14,25 +13,18 @@ import pytest
 
 from gateway.config_load import load_config
 from gateway.process import GatewayProcess
-from tests.conftest import metric, scrape
+from tests.support import proxy_config, raw_status, read_problem, scrape
+from tests.support.resilience import reload_counts
 
 TOKEN = "admin-token-8c1f0e"
 OPEN = ("/healthz", "/readyz", "/metrics")
 GUARDED = (("GET", "/status"), ("GET", "/config"), ("POST", "/reload"))
+SECOND = '[[routes]]\nname = "second"\npath = "/second"\nupstream = "svc"'  # a reload would add this route
 
 
 def config(gateway: str = "", routes: str = "") -> str:
-    return f"""
-        [gateway]
-        {gateway}
-        [upstreams.svc]
-        targets = ["http://127.0.0.1:9"]
-        [[routes]]
-        name = "first"
-        path = "/first"
-        upstream = "svc"
-        {routes}
-    """
+    """Route ``first`` (and ``routes`` after it) to an upstream nothing calls."""
+    return proxy_config("http://127.0.0.1:9", name="first", path="/first", gateway=gateway, upstream="", after=routes)
 
 
 class Admin:
@@ -76,32 +68,8 @@ async def admin(tmp_path: Path) -> AsyncIterator[StartAdmin]:
         await process.drain()
 
 
-async def assert_problem(response: aiohttp.ClientResponse, status: int) -> dict[str, object]:
-    assert response.status == status
-    assert response.headers["Content-Type"] == "application/problem+json"
-    document = json.loads(await response.read())
-    assert document["status"] == status
-    assert document["type"] and document["title"] and document["detail"]
-    return dict(document)
-
-
-async def raw_status(port: int, request: bytes) -> int:
-    """Send bytes as they are (no Host added) and read the status code."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(request)
-        await writer.drain()
-        status_line = await reader.readline()
-        return int(status_line.split()[1])
-    finally:
-        writer.close()
-        await writer.wait_closed()
-
-
 async def reloads(gw: Admin) -> tuple[float, float]:
-    text = await scrape(gw.process)
-    return (metric(text, "gateway_config_reloads_total", result="success"),
-            metric(text, "gateway_config_reloads_total", result="failure"))
+    return reload_counts(await scrape(gw.process))
 
 
 # --- Host allow-list ------------------------------------------------------------------------
@@ -111,11 +79,11 @@ async def test_a_foreign_host_is_refused_but_probes_and_metrics_answer(
     admin: StartAdmin, http: aiohttp.ClientSession
 ) -> None:
     gw = await admin(config())
-    gw.rewrite(config(routes='[[routes]]\nname = "second"\npath = "/second"\nupstream = "svc"'))
+    gw.rewrite(config(routes=SECOND))
     for host in ("evil.example", f"evil.example:{gw.port}"):
         for method, path in GUARDED:
             async with http.request(method, gw.url(path), headers={"Host": host}) as response:
-                document = await assert_problem(response, 403)
+                document = await read_problem(response, 403)
                 assert "gateway.admin_hosts" in str(document["detail"])
         for path in OPEN:
             async with http.get(gw.url(path), headers={"Host": host}) as response:
@@ -175,7 +143,7 @@ async def test_a_cross_site_post_is_refused_and_nothing_reloads(
     admin: StartAdmin, http: aiohttp.ClientSession
 ) -> None:
     gw = await admin(config())
-    gw.rewrite(config(routes='[[routes]]\nname = "second"\npath = "/second"\nupstream = "svc"'))
+    gw.rewrite(config(routes=SECOND))
     refused: list[dict[str, str]] = [
         {"Origin": "http://evil.example"},
         {"Origin": "null"},
@@ -188,7 +156,7 @@ async def test_a_cross_site_post_is_refused_and_nothing_reloads(
     ]
     for headers in refused:
         async with http.post(gw.url("/reload"), headers=headers) as response:
-            document = await assert_problem(response, 403)
+            document = await read_problem(response, 403)
             assert "cross-site" in str(document["detail"]), headers
     assert gw.route_names() == ["first"]
     assert gw.process.last_reload is None
@@ -199,7 +167,7 @@ async def test_a_same_site_post_or_one_without_origin_reloads(
     admin: StartAdmin, http: aiohttp.ClientSession
 ) -> None:
     gw = await admin(config())
-    gw.rewrite(config(routes='[[routes]]\nname = "second"\npath = "/second"\nupstream = "svc"'))
+    gw.rewrite(config(routes=SECOND))
     same_site = {"Origin": f"http://127.0.0.1:{gw.port}", "Sec-Fetch-Site": "same-origin"}
     async with http.post(gw.url("/reload"), headers=same_site) as response:
         assert response.status == 200
@@ -230,7 +198,7 @@ async def test_admin_token_guards_everything_but_probes(
     for headers in wrong:
         for method, path in GUARDED:
             async with http.request(method, gw.url(path), headers=headers) as response:
-                await assert_problem(response, 401)
+                await read_problem(response, 401)
                 assert response.headers["WWW-Authenticate"] == 'Bearer realm="gateway-admin"'
     for path in OPEN:
         async with http.get(gw.url(path)) as response:
@@ -255,10 +223,10 @@ async def test_a_foreign_host_is_refused_even_with_the_token(
     gw = await admin(config(f'admin_token = "{TOKEN}"'))
     headers = {"Host": "evil.example", "Authorization": f"Bearer {TOKEN}"}
     async with http.get(gw.url("/config"), headers=headers) as response:
-        await assert_problem(response, 403)
+        await read_problem(response, 403)
     async with http.post(gw.url("/reload"), headers={**headers, "Host": "127.0.0.1",
                                                       "Origin": "http://evil.example"}) as response:
-        await assert_problem(response, 403)
+        await read_problem(response, 403)
 
 
 async def test_without_admin_token_no_authorization_is_needed(

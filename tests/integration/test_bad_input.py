@@ -12,8 +12,9 @@ import aiohttp
 from aiohttp import web
 
 from gateway.process import GatewayProcess
-from tests.conftest import StartGateway, StartUpstream, Upstream, metric, scrape, url
-from tests.support import RawResponse, raw_exchange
+from tests.conftest import StartGateway, StartUpstream, Upstream
+from tests.support import RawResponse, metric, plugin_table, proxy_config, raw_exchange, scrape, url
+from tests.support.edge import orchestration_config, step_table
 from tests.support.tokens import SECRET, bcrypt_hash
 
 PROBLEM = "application/problem+json"
@@ -43,41 +44,14 @@ class Answers:
         return web.Response(body=self.bodies.get(request.path, b"{}"), content_type="application/json")
 
 
-def orchestration(up: Upstream, steps: str, path: str = "/combo/{id}", settings: str = "") -> str:
-    return f"""
-[gateway]
-{settings}
-[upstreams.svc]
-targets = ["{up.url}"]
-[[routes]]
-name = "combo"
-path = "{path}"
-methods = ["GET", "POST"]
-errors_key = "errors"
-{steps}
-"""
+ECHO_BODY_STEP = step_table("echo", "/echo", method='"POST"', body='{ data = "{body.data}" }', into='"echo"')
 
 
-ECHO_BODY_STEP = """
-[[routes.steps]]
-name = "echo"
-upstream = "svc"
-method = "POST"
-path = "/echo"
-body = { data = "{body.data}" }
-into = "echo"
-"""
-
-
-async def post(http: aiohttp.ClientSession, gw: GatewayProcess, path: str, data: bytes) -> tuple[int, str, Any]:
-    async with http.post(url(gw, path), data=data, headers={"Content-Type": "application/json"}) as response:
-        body = await response.read()
-        return response.status, response.content_type, json.loads(body) if body else None
-
-
-async def fetch(http: aiohttp.ClientSession, gw: GatewayProcess, path: str,
-                headers: dict[str, str] | None = None) -> tuple[int, str, Any]:
-    async with http.get(url(gw, path), headers=headers) as response:
+async def ask(http: aiohttp.ClientSession, gw: GatewayProcess, path: str, data: bytes | None = None
+              ) -> tuple[int, str, Any]:
+    """POST ``data`` as JSON, or GET without it; the status, content type and decoded body."""
+    method, headers = ("GET", None) if data is None else ("POST", {"Content-Type": "application/json"})
+    async with http.request(method, url(gw, path), data=data, headers=headers) as response:
         body = await response.read()
         return response.status, response.content_type, json.loads(body) if body else None
 
@@ -90,14 +64,14 @@ async def test_client_json_nested_too_deep_is_a_400(
 ) -> None:
     answers = Answers()
     up = await upstream(answers.handle)
-    gw = await gateway(orchestration(up, ECHO_BODY_STEP))
+    gw = await gateway(orchestration_config(up.url, ECHO_BODY_STEP))
     for body in (deep_text(5000), b'{"data": ' + deep_text(64) + b"}", b"[" * 100_000):  # 5000, 65, unclosed
-        status, kind, problem = await post(http, gw, "/combo/1", body)
+        status, kind, problem = await ask(http, gw, "/combo/1", body)
         assert (status, kind) == (400, PROBLEM)
         assert problem["detail"] == "the request body is nested deeper than 64 levels"
     assert up.hits == 0
     # 64 levels in all (the object around "data" is one of them) is fine, and reaches the upstream.
-    status, _, merged = await post(http, gw, "/combo/1", json.dumps({"data": nested(63)}).encode())
+    status, _, merged = await ask(http, gw, "/combo/1", json.dumps({"data": nested(63)}).encode())
     assert status == 200
     assert up.hits == 1
     assert json.loads(up.bodies[0]) == {"data": nested(63)}
@@ -111,9 +85,9 @@ async def test_the_depth_limit_is_a_setting(
     upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
 ) -> None:
     up = await upstream(Answers().handle)
-    gw = await gateway(orchestration(up, ECHO_BODY_STEP, settings="max_json_depth = 3"))
-    assert (await post(http, gw, "/combo/1", b'{"data": [[1]]}'))[0] == 200
-    status, _, problem = await post(http, gw, "/combo/1", b'{"data": [[[1]]]}')
+    gw = await gateway(orchestration_config(up.url, ECHO_BODY_STEP, gateway="max_json_depth = 3"))
+    assert (await ask(http, gw, "/combo/1", b'{"data": [[1]]}'))[0] == 200
+    status, _, problem = await ask(http, gw, "/combo/1", b'{"data": [[[1]]]}')
     assert (status, problem["detail"]) == (400, "the request body is nested deeper than 3 levels")
 
 
@@ -125,26 +99,15 @@ async def test_a_deep_upstream_answer_fails_its_step(
     answers.set("/deep", deep_text(5000))
     answers.set("/edge", nested(64))
     up = await upstream(answers.handle)
-    steps = """
-[[routes.steps]]
-name = "user"
-upstream = "svc"
-path = "/user"
-into = "user"
-[[routes.steps]]
-name = "deep"
-upstream = "svc"
-path = "/deep"
-into = "deep"
-"""
-    gw = await gateway(orchestration(up, steps))
-    status, kind, problem = await fetch(http, gw, "/combo/1")
+    user = step_table("user", "/user", into='"user"')
+    gw = await gateway(orchestration_config(up.url, user, step_table("deep", "/deep", into='"deep"')))
+    status, kind, problem = await ask(http, gw, "/combo/1")
     assert (status, kind) == (502, PROBLEM)
     assert problem["detail"] == "step 'deep' failed: the upstream's answer is nested deeper than 64 levels"
     assert problem["step"] == "deep"
 
-    optional = steps.replace('path = "/deep"', 'path = "/deep"\noptional = true\nfallback = []')
-    gw = await gateway(orchestration(up, optional))
+    optional = step_table("deep", "/deep", into='"deep"', optional="true", fallback="[]")
+    gw = await gateway(orchestration_config(up.url, user, optional))
     async with http.get(url(gw, "/combo/1")) as response:
         assert response.status == 200
         assert response.headers["X-Gateway-Complete"] == "false"
@@ -156,8 +119,8 @@ into = "deep"
     assert metric(text, "gateway_steps_total", route="combo", step="deep", outcome="fallback") == 1
 
     # 64 levels is within the limit; `into` nesting it once more is the gateway's own doing.
-    gw = await gateway(orchestration(up, steps.replace('path = "/deep"', 'path = "/edge"')))
-    status, _, body = await fetch(http, gw, "/combo/1")
+    gw = await gateway(orchestration_config(up.url, user, step_table("deep", "/edge", into='"deep"')))
+    status, _, body = await ask(http, gw, "/combo/1")
     assert status == 200
     assert body["deep"] == nested(64)
 
@@ -170,23 +133,21 @@ async def test_a_lone_surrogate_from_the_client_is_a_400_wherever_it_goes(
 ) -> None:
     up = await upstream(Answers().handle)
     steps = {
-        "path": '[[routes.steps]]\nname = "s"\nupstream = "svc"\npath = "/items/{body.id}"',
-        "query": '[[routes.steps]]\nname = "s"\nupstream = "svc"\npath = "/items?id={body.id}"',
-        "header": '[[routes.steps]]\nname = "s"\nupstream = "svc"\npath = "/items"\n'
-                  'headers = { X-Id = "{body.id}" }',
-        "body": '[[routes.steps]]\nname = "s"\nupstream = "svc"\nmethod = "POST"\npath = "/items"\n'
-                'body = { id = "{body.id}", raw = "x{body.id}" }',
+        "path": step_table("s", "/items/{body.id}"),
+        "query": step_table("s", "/items?id={body.id}"),
+        "header": step_table("s", "/items", headers='{ X-Id = "{body.id}" }'),
+        "body": step_table("s", "/items", method='"POST"', body='{ id = "{body.id}", raw = "x{body.id}" }'),
     }
     for where, step in steps.items():
-        gw = await gateway(orchestration(up, step))
+        gw = await gateway(orchestration_config(up.url, step))
         for body in (rb'{"id": "\udcff"}', rb'{"id": "a\ud800b"}', rb'{"\udfff": 1, "id": "x"}',
                      b'{"id": "\xff"}', b'{"id": "\xed\xb3\xbf"}'):
-            status, kind, problem = await post(http, gw, "/combo/1", body)
+            status, kind, problem = await ask(http, gw, "/combo/1", body)
             assert (status, kind) == (400, PROBLEM), (where, body)
             assert problem["detail"].startswith("the request body "), problem
         # A surrogate pair is one valid character, and an escaped backslash is no escape at all.
         for body, sent in ((rb'{"id": "\ud83d\ude00"}', "\U0001f600"), (rb'{"id": "\\udcff"}', "\\udcff")):
-            status, _, _ = await post(http, gw, "/combo/1", body)
+            status, _, _ = await ask(http, gw, "/combo/1", body)
             assert status == 200, (where, body)
             last = up.requests[-1]
             if where == "path":
@@ -209,18 +170,9 @@ async def test_a_lone_surrogate_in_an_upstream_answer_fails_that_step(
     up = await upstream(answers.handle)
     for path, error in (("/user", "the upstream's answer contains a lone surrogate"),
                         ("/latin1", "the upstream's answer is not valid UTF-8")):
-        steps = f"""
-[[routes.steps]]
-name = "user"
-upstream = "svc"
-path = "{path}"
-[[routes.steps]]
-name = "orders"
-upstream = "svc"
-path = "/orders/{{user.id}}"
-"""
-        gw = await gateway(orchestration(up, steps))
-        status, kind, problem = await fetch(http, gw, "/combo/1")
+        steps = step_table("user", path), step_table("orders", "/orders/{user.id}")
+        gw = await gateway(orchestration_config(up.url, *steps))
+        status, kind, problem = await ask(http, gw, "/combo/1")
         assert (status, kind) == (502, PROBLEM)
         assert problem["step"] == "user"
         assert problem["detail"].startswith(f"step 'user' failed: {error}")
@@ -237,14 +189,8 @@ async def test_invalid_utf8_in_a_header_query_or_path_used_by_a_template_is_a_40
     upstream: StartUpstream, gateway: StartGateway
 ) -> None:
     up = await upstream(Answers().handle)
-    steps = """
-[[routes.steps]]
-name = "s"
-upstream = "svc"
-path = "/items/{path.id}?q={query.q}"
-headers = { X-Tenant = "{header.X-Tenant}" }
-"""
-    gw = await gateway(orchestration(up, steps))
+    step = step_table("s", "/items/{path.id}?q={query.q}", headers='{ X-Tenant = "{header.X-Tenant}" }')
+    gw = await gateway(orchestration_config(up.url, step))
     ok = await raw_get(gw, b"/combo/caf%C3%A9?q=%C3%A9t%C3%A9", "X-Tenant: \u00e9t\u00e9".encode())
     assert ok.status == 200
     assert up.requests[-1].path == "/items/caf\u00e9"
@@ -270,7 +216,7 @@ async def test_a_header_with_raw_bytes_that_no_template_reads_does_not_matter(
     upstream: StartUpstream, gateway: StartGateway
 ) -> None:
     up = await upstream(Answers().handle)
-    gw = await gateway(orchestration(up, '[[routes.steps]]\nname = "s"\nupstream = "svc"\npath = "/items"'))
+    gw = await gateway(orchestration_config(up.url, step_table("s", "/items")))
     assert (await raw_get(gw, b"/combo/%FF?q=%FF", b"X-Other: \xff\xfe")).status == 200
 
 
@@ -278,18 +224,8 @@ async def test_a_header_with_raw_bytes_that_no_template_reads_does_not_matter(
 
 
 def auth_route(up: Upstream, plugin: str) -> str:
-    return f"""
-[upstreams.svc]
-targets = ["{up.url}"]
-[consumers.alice]
-api_keys = ["ak_live_4f9c2e7d1b8a6053"]
-[[routes]]
-name = "users"
-path = "/api/{{rest:.*}}"
-upstream = "svc"
-[[routes.plugins]]
-{plugin}
-"""
+    consumer = '[consumers.alice]\napi_keys = ["ak_live_4f9c2e7d1b8a6053"]'
+    return proxy_config(up.url, name="users", path="/api/{rest:.*}", upstream="", after=plugin + "\n" + consumer)
 
 
 async def invalid_count(gw: GatewayProcess, plugin: str) -> float:
@@ -301,17 +237,17 @@ async def test_raw_bytes_in_credentials_are_a_401_counted_as_invalid(
 ) -> None:
     up = await upstream()
     plugins = {
-        "jwt": (f'use = "jwt"\nsecret = "{SECRET}"\nalgorithms = ["HS256"]', [
+        "jwt": (plugin_table("jwt", secret=f'"{SECRET}"', algorithms='["HS256"]'), [
             b"Authorization: Bearer \xff\xfe\xfd",
             b"Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.\xff.x",
             "Authorization: Bearer \u00e9\u00e9.e30.x".encode(),
             b"Authorization: Bearer " + b"W1tb" * 1500 + b".e30.x",  # 4500 "[" once decoded
         ]),
-        "api_key": ('use = "api_key"', [
+        "api_key": (plugin_table("api_key"), [
             b"X-API-Key: ak_live_\xff\xfe",
             "X-API-Key: ak_live_\u00e9".encode(),
         ]),
-        "basic_auth": (f'use = "basic_auth"\nusers = {{ alice = "{bcrypt_hash("wonderland")}" }}', [
+        "basic_auth": (plugin_table("basic_auth", users=f'{{ alice = "{bcrypt_hash("wonderland")}" }}'), [
             b"Authorization: Basic \xff\xfe\xfd",
             "Authorization: Basic YWxp\u00e9".encode(),
             b"Authorization: Basic !!!notbase64",

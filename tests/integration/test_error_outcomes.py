@@ -8,41 +8,27 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import StartGateway, StartUpstream, metric, scrape, url
-from tests.support import assert_problem, free_port
+from tests.conftest import StartGateway, StartUpstream
+from tests.support import free_port, metric, proxy_config, scrape, url
+from tests.support.config import DEFAULT_TIMEOUT
+from tests.support.scraping import problem_of, samples
 
 REQUESTS = "gateway_upstream_requests_total"
 DURATION = "gateway_upstream_request_duration_seconds_count"
 RETRIES = "gateway_retries_total"
+RETRY = 'retry = { attempts = 3, backoff = "1ms", max_backoff = "5ms", on = [502, "connect", "timeout", "reset"] }'
 
 
-def config(target: str, *, gateway_extra: str = "") -> str:
-    return f"""
-        [gateway]
-        {gateway_extra}
-        [upstreams.svc]
-        targets = ["{target}"]
-        timeout = {{ connect = "1s", response = "5s" }}
-        retry = {{ attempts = 3, backoff = "1ms", max_backoff = "5ms", on = [502, "connect", "timeout", "reset"] }}
-        [[routes]]
-        name = "svc"
-        path = "/svc/{{rest:.*}}"
-        methods = ["GET", "POST"]
-        upstream = "svc"
-        max_body_bytes = 1000
-    """
+def config(target: str, *, gateway: str = "") -> str:
+    """Route svc (GET and POST, bodies up to 1000 bytes) to an upstream that retries its failures."""
+    return proxy_config(target, methods=("GET", "POST"), gateway=gateway, upstream=f"{DEFAULT_TIMEOUT}\n{RETRY}",
+                        route="max_body_bytes = 1000")
 
 
 def upstream_calls(text: str) -> dict[tuple[str, str], float]:
     """Every gateway_upstream_requests_total sample of route svc, by (code, outcome)."""
-    found: dict[tuple[str, str], float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == REQUESTS and sample.labels.get("route") == "svc":
-                found[(sample.labels["code"], sample.labels["outcome"])] = sample.value
-    return {key: value for key, value in found.items() if value}
+    return {(s.labels["code"], s.labels["outcome"]): s.value for s in samples(text, REQUESTS, route="svc") if s.value}
 
 
 async def _reading(request: web.Request) -> web.Response:
@@ -62,7 +48,7 @@ async def test_a_too_large_upload_is_413_and_not_an_upstream_reset(
             yield b"x" * 600
 
     async with http.post(url(gw, "/svc/upload"), data=body()) as response:
-        assert_problem(response.status, response.headers, await response.read(), 413, route="svc")
+        await problem_of(response, 413)
     assert up.hits == 1  # the upload was on its way upstream when it broke off
 
     text = await scrape(gw)
@@ -81,7 +67,7 @@ async def test_a_stalled_upload_is_408_and_not_counted_upstream(
     upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
 ) -> None:
     up = await upstream(_reading, record_bodies=False)
-    gw = await gateway(config(up.url, gateway_extra='client_body_timeout = "200ms"'))
+    gw = await gateway(config(up.url, gateway='client_body_timeout = "200ms"'))
 
     async def stalls() -> AsyncIterator[bytes]:
         yield b"x" * 100
@@ -89,7 +75,7 @@ async def test_a_stalled_upload_is_408_and_not_counted_upstream(
         yield b"y" * 100
 
     async with http.post(url(gw, "/svc/upload"), data=stalls()) as response:
-        assert_problem(response.status, response.headers, await response.read(), 408, route="svc")
+        await problem_of(response, 408)
     text = await scrape(gw)
     assert upstream_calls(text) == {}
     assert metric(text, DURATION, route="svc", upstream="svc") == 0
@@ -100,7 +86,7 @@ async def test_an_upstream_failure_is_counted_by_its_own_outcome(
 ) -> None:
     gw = await gateway(config(f"http://127.0.0.1:{free_port()}"))  # nothing listens there
     async with http.get(url(gw, "/svc/x")) as response:
-        assert_problem(response.status, response.headers, await response.read(), 502, route="svc")
+        await problem_of(response, 502)
     text = await scrape(gw)
     assert upstream_calls(text) == {("", "connect_error"): 3}  # the first attempt and two retries
     assert metric(text, RETRIES, route="svc", upstream="svc", reason="connect") == 2

@@ -10,64 +10,60 @@ import time
 from collections.abc import AsyncIterator
 
 import aiohttp
-from aiohttp import web
+import pytest
 
-from tests.conftest import StartGateway, StartUpstream, url
+from gateway.process import GatewayProcess
+from tests.conftest import StartGateway, StartUpstream, Upstream
 from tests.support import (
     assert_no_internal_address,
     assert_problem,
     free_port,
+    proxy_config,
     raw_connection,
     raw_upstream,
     read_request_head,
     read_response,
+    url,
 )
+from tests.support.resilience import held_upstream
+from tests.support.scraping import problem_of
+
+Svc = tuple[Upstream, GatewayProcess]
 
 
-def config(target: str, *, route_extra: str = "", gateway_extra: str = "") -> str:
-    return f"""
-        [gateway]
-        {gateway_extra}
-        [upstreams.svc]
-        targets = ["{target}"]
-        timeout = {{ connect = "1s", response = "5s" }}
-        [[routes]]
-        name = "svc"
-        path = "/svc/{{rest:.*}}"
-        methods = ["GET", "POST"]
-        upstream = "svc"
-        {route_extra}
-    """
+def config(target: str, *, route: str = "", gateway: str = "") -> str:
+    return proxy_config(target, methods=("GET", "POST"), route=route, gateway=gateway)
 
 
-async def test_unmatched_path_is_404(
-    upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
-) -> None:
+@pytest.fixture
+async def svc(upstream: StartUpstream, gateway: StartGateway) -> Svc:
+    """A recording upstream behind route svc, which takes GET and POST."""
     up = await upstream()
-    gw = await gateway(config(up.url))
+    return up, await gateway(config(up.url))
+
+
+async def test_unmatched_path_is_404(svc: Svc, http: aiohttp.ClientSession) -> None:
+    up, gw = svc
     async with http.get(url(gw, "/nowhere/at/all")) as response:
-        document = assert_problem(response.status, response.headers, await response.read(), 404)
+        document = await problem_of(response, 404, route=None)
     assert document.get("route") in (None, "_unmatched")
     assert up.hits == 0
 
 
 async def test_request_id_of_a_problem_is_the_clients_sane_id(
-    upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
+    svc: Svc, http: aiohttp.ClientSession
 ) -> None:
-    up = await upstream()
-    gw = await gateway(config(up.url))
-    async with http.get(url(gw, "/nowhere"), headers={"X-Request-ID": "trace-77"}) as response:
-        document = assert_problem(response.status, response.headers, await response.read(), 404)
+    async with http.get(url(svc[1], "/nowhere"), headers={"X-Request-ID": "trace-77"}) as response:
+        document = await problem_of(response, 404, route=None)
     assert document["request_id"] == "trace-77"
 
 
 async def test_method_not_allowed_is_405_with_allow(
-    upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
+    svc: Svc, http: aiohttp.ClientSession
 ) -> None:
-    up = await upstream()
-    gw = await gateway(config(up.url))
+    up, gw = svc
     async with http.delete(url(gw, "/svc/thing")) as response:
-        assert_problem(response.status, response.headers, await response.read(), 405)
+        await problem_of(response, 405, route=None)
         allowed = {m.strip() for m in response.headers["Allow"].split(",")}
     assert {"GET", "POST"} <= allowed
     assert "DELETE" not in allowed
@@ -78,7 +74,7 @@ async def test_body_too_large_by_content_length_is_413_up_front(
     upstream: StartUpstream, gateway: StartGateway
 ) -> None:
     up = await upstream()
-    gw = await gateway(config(up.url, gateway_extra="max_body_bytes = 1000"))
+    gw = await gateway(config(up.url, gateway="max_body_bytes = 1000"))
     async with raw_connection(gw.port) as (reader, writer):
         # Only the headers: the answer must come without the gateway waiting for the body.
         writer.write(b"POST /svc/upload HTTP/1.1\r\nHost: gw\r\nContent-Length: 5000\r\n\r\n")
@@ -92,14 +88,14 @@ async def test_chunked_body_over_the_limit_is_413_while_streaming(
     upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
 ) -> None:
     up = await upstream()
-    gw = await gateway(config(up.url, route_extra="max_body_bytes = 1000"))
+    gw = await gateway(config(up.url, route="max_body_bytes = 1000"))
 
     async def body() -> AsyncIterator[bytes]:
         for _ in range(5):
             yield b"x" * 500
 
     async with http.post(url(gw, "/svc/upload"), data=body()) as response:
-        assert_problem(response.status, response.headers, await response.read(), 413, route="svc")
+        await problem_of(response, 413)
     assert all(len(b) <= 1000 for b in up.bodies)
 
 
@@ -133,15 +129,8 @@ async def test_upstream_reset_mid_headers_is_502(gateway: StartGateway, http: ai
 async def test_upstream_slower_than_route_timeout_is_504(
     upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
 ) -> None:
-    release = asyncio.Event()
-
-    async def slow(_: web.Request) -> web.StreamResponse:
-        async with asyncio.timeout(5):
-            await release.wait()
-        return web.Response(text="late")
-
-    up = await upstream(slow)
-    gw = await gateway(config(up.url, route_extra='timeout = "300ms"'))
+    held, up = await held_upstream(upstream)
+    gw = await gateway(config(up.url, route='timeout = "300ms"'))
     started = time.monotonic()
     try:
         async with http.get(url(gw, "/svc/slow")) as response:
@@ -149,7 +138,7 @@ async def test_upstream_slower_than_route_timeout_is_504(
             elapsed = time.monotonic() - started
             assert_problem(response.status, response.headers, body, 504, route="svc")
     finally:
-        release.set()
+        held.release.set()
     assert 0.25 <= elapsed < 2.0, elapsed
     assert_no_internal_address(body, up.url)
 
@@ -164,24 +153,15 @@ async def _expect_rejected_headers(port: int, request: bytes) -> int:
     return response.status
 
 
-async def test_one_oversized_request_header_is_400_or_431(
-    upstream: StartUpstream, gateway: StartGateway
+@pytest.mark.parametrize("fields", [
+    pytest.param(b"X-Huge: " + b"a" * 100_000 + b"\r\n", id="one_oversized_request_header"),
+    pytest.param(b"".join(b"X-Field-%d: %s\r\n" % (i, b"v" * 4000) for i in range(200)),  # ~800 KB
+                 id="many_request_headers_totalling_too_much"),
+])
+async def test_request_headers_too_large_are_400_or_431(
+    svc: Svc, fields: bytes
 ) -> None:
-    up = await upstream()
-    gw = await gateway(config(up.url))
-    status = await _expect_rejected_headers(
-        gw.port, b"GET /svc/x HTTP/1.1\r\nHost: gw\r\nX-Huge: " + b"a" * 100_000 + b"\r\n\r\n"
-    )
-    assert status in (400, 431)
-    assert up.hits == 0
-
-
-async def test_many_request_headers_totalling_too_much_are_400_or_431(
-    upstream: StartUpstream, gateway: StartGateway
-) -> None:
-    up = await upstream()
-    gw = await gateway(config(up.url))
-    fields = b"".join(b"X-Field-%d: %s\r\n" % (i, b"v" * 4000) for i in range(200))  # ~800 KB
+    up, gw = svc
     status = await _expect_rejected_headers(gw.port, b"GET /svc/x HTTP/1.1\r\nHost: gw\r\n" + fields + b"\r\n")
     assert status in (400, 431)
     assert up.hits == 0

@@ -13,23 +13,17 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.conftest import GatewaySubprocess, StartGateway, StartUpstream, metric, scrape, url
+from tests.conftest import GatewaySubprocess, StartGateway, StartUpstream
+from tests.support import metric, proxy_config, scrape, url, wait_for
+from tests.support.resilience import reload_counts
+from tests.support.scraping import status_of
 
 Spawn = Callable[..., Awaitable[GatewaySubprocess]]
 
 
-def _config(upstream_url: str, *, drain: str = "5s", extra: str = "") -> str:
-    return f"""
-        [gateway]
-        drain_timeout = "{drain}"
-        {extra}
-        [upstreams.svc]
-        targets = ["{upstream_url}"]
-        [[routes]]
-        name = "svc"
-        path = "/{{tail:.*}}"
-        upstream = "svc"
-    """
+def _config(upstream_url: str, *, drain: str = "5s") -> str:
+    """One catch-all route svc; a drain on SIGTERM of at most ``drain``."""
+    return proxy_config(upstream_url, path="/{tail:.*}", gateway=f'drain_timeout = "{drain}"', upstream="")
 
 
 async def _slow(request: web.Request) -> web.Response:
@@ -44,6 +38,34 @@ async def _wait_exit(gateway: GatewaySubprocess, timeout: float) -> int:
             raise AssertionError(f"gateway still running after {timeout}s")
         await asyncio.sleep(0.05)
     return gateway.proc.returncode
+
+
+def _children(gateway: GatewaySubprocess) -> list[int]:
+    """The process ids of the supervisor's workers."""
+    pid = gateway.proc.pid
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _move_route(gateway: GatewaySubprocess, prefix: str) -> Path:
+    """Rewrite the routes.toml a gateway runs from so that its one route answers under ``prefix``."""
+    config = Path(str(gateway.proc.args[4]))  # type: ignore[index]
+    config.write_text(config.read_text().replace('path = "/{tail:.*}"', f'path = "{prefix}/{{tail:.*}}"'))
+    return config
+
+
+async def _until_moved(session: aiohttp.ClientSession, gateway: GatewaySubprocess, prefix: str) -> None:
+    """Wait until the old catch-all route is gone (the new file is in); then the moved one answers."""
+
+    async def old_route_gone() -> bool:
+        return await status_of(session, gateway.url("/a")) == 404
+
+    await wait_for(old_route_gone, 5.0, "the new routes were not picked up")
+    assert await status_of(session, gateway.url(f"{prefix}/a")) == 200
+
+
+async def _reloads(session: aiohttp.ClientSession, gateway: GatewaySubprocess) -> tuple[float, float]:
+    async with session.get(gateway.admin("/metrics")) as response:
+        return reload_counts(await response.text())
 
 
 async def test_sigterm_finishes_requests_in_flight_then_exits_zero(
@@ -119,18 +141,17 @@ async def test_supervisor_restarts_a_worker_that_dies(
     up = await upstream()
     gw = await spawn_gateway(_config(up.url), "--workers", "2",
                              env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "m")})
-    children = Path(f"/proc/{gw.proc.pid}/task/{gw.proc.pid}/children").read_text().split()
+    children = _children(gw)
     assert len(children) == 2
-    os.kill(int(children[0]), signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while True:
-        now = Path(f"/proc/{gw.proc.pid}/task/{gw.proc.pid}/children").read_text().split()
-        if len(now) == 2 and children[0] not in now:
-            break
-        assert time.monotonic() < deadline, "the dead worker was not replaced"
-        await asyncio.sleep(0.1)
-    async with aiohttp.ClientSession() as session, session.get(gw.url("/a")) as response:
-        assert response.status == 200
+    os.kill(children[0], signal.SIGKILL)
+
+    async def replaced() -> bool:
+        now = _children(gw)
+        return len(now) == 2 and children[0] not in now
+
+    await wait_for(replaced, 10.0, "the dead worker was not replaced")
+    async with aiohttp.ClientSession() as session:
+        assert await status_of(session, gw.url("/a")) == 200
     gw.signal(signal.SIGTERM)
     assert await _wait_exit(gw, 10) == 0
 
@@ -140,29 +161,16 @@ async def test_reload_swaps_routes_and_a_bad_file_keeps_the_old_config(
 ) -> None:
     up = await upstream()
     gw = await spawn_gateway(_config(up.url))
-    config = Path(str(gw.proc.args[4]))  # type: ignore[index]
-    config.write_text(config.read_text().replace('path = "/{tail:.*}"', 'path = "/v2/{tail:.*}"'))
+    config = _move_route(gw, "/v2")
     gw.signal(signal.SIGHUP)
     async with aiohttp.ClientSession() as session:
-        deadline = time.monotonic() + 5
-        while True:
-            async with session.get(gw.url("/a")) as response:
-                if response.status == 404:
-                    break
-            assert time.monotonic() < deadline, "reload did not take effect"
-            await asyncio.sleep(0.05)
-        async with session.get(gw.url("/v2/a")) as response:
-            assert response.status == 200
+        await _until_moved(session, gw, "/v2")
         config.write_text("this is = = not toml")
         async with session.post(gw.admin("/reload")) as response:
             assert response.status == 422
             assert (await response.json())["result"] == "failure"
-        async with session.get(gw.url("/v2/a")) as response:
-            assert response.status == 200
-        async with session.get(gw.admin("/metrics")) as response:
-            text = await response.text()
-    assert metric(text, "gateway_config_reloads_total", result="success") == 1
-    assert metric(text, "gateway_config_reloads_total", result="failure") == 1
+        assert await status_of(session, gw.url("/v2/a")) == 200
+        assert await _reloads(session, gw) == (1, 1)
 
 
 async def test_requests_in_flight_finish_on_the_old_config_during_reload(
@@ -190,38 +198,23 @@ async def test_readyz_reports_draining(upstream: StartUpstream, gateway: StartGa
                                        http: aiohttp.ClientSession) -> None:
     up = await upstream()
     gw = await gateway(_config(up.url))
-    admin = f"http://127.0.0.1:{gw.admin_port}"
-    async with http.get(admin + "/readyz") as response:
-        assert response.status == 200
+    readyz = f"http://127.0.0.1:{gw.admin_port}/readyz"
+    assert await status_of(http, readyz) == 200
     gw.draining = True
-    async with http.get(admin + "/readyz") as response:
-        assert response.status == 503
+    assert await status_of(http, readyz) == 503
     gw.draining = False
 
 
 async def test_watch_reloads_when_the_file_changes(upstream: StartUpstream, spawn_gateway: Spawn) -> None:
     up = await upstream()
     gw = await spawn_gateway(_config(up.url), "--watch")
-    config = Path(str(gw.proc.args[4]))  # type: ignore[index]
-    config.write_text(config.read_text().replace('path = "/{tail:.*}"', 'path = "/watched/{tail:.*}"'))
+    config = _move_route(gw, "/watched")
     async with aiohttp.ClientSession() as session:
-        deadline = time.monotonic() + 5
-        while True:  # the old catch-all route is gone once the new file is in
-            async with session.get(gw.url("/a")) as response:
-                if response.status == 404:
-                    break
-            assert time.monotonic() < deadline, "the change was not picked up"
-            await asyncio.sleep(0.1)
-        async with session.get(gw.url("/watched/a")) as response:
-            assert response.status == 200
+        await _until_moved(session, gw, "/watched")
         config.write_text("broken = = toml")  # refused: the running config stays
         await asyncio.sleep(1.2)
-        async with session.get(gw.url("/watched/a")) as response:
-            assert response.status == 200
-        async with session.get(gw.admin("/metrics")) as response:
-            text = await response.text()
-    assert metric(text, "gateway_config_reloads_total", result="success") == 1
-    assert metric(text, "gateway_config_reloads_total", result="failure") == 1
+        assert await status_of(session, gw.url("/watched/a")) == 200
+        assert await _reloads(session, gw) == (1, 1)
 
 
 async def test_workers_exit_when_the_supervisor_is_killed(
@@ -229,12 +222,13 @@ async def test_workers_exit_when_the_supervisor_is_killed(
 ) -> None:
     up = await upstream()
     gw = await spawn_gateway(_config(up.url), "--workers", "2", env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "m")})
-    children = [int(pid) for pid in Path(f"/proc/{gw.proc.pid}/task/{gw.proc.pid}/children").read_text().split()]
+    children = _children(gw)
     assert len(children) == 2
     gw.signal(signal.SIGKILL)
     gw.proc.wait(5)
-    deadline = time.monotonic() + 10
-    while any(Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
-              for pid in children):
-        assert time.monotonic() < deadline, "orphaned workers kept running"
-        await asyncio.sleep(0.1)
+
+    async def workers_gone() -> bool:
+        return not any(Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
+                       for pid in children)
+
+    await wait_for(workers_gone, 10.0, "orphaned workers kept running")

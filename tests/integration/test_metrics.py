@@ -9,34 +9,19 @@ import shutil
 import aiohttp
 import pytest
 from aiohttp import web
-from prometheus_client.parser import text_string_to_metric_families
 
 import gateway as gateway_package
-from gateway.process import GatewayProcess
-from tests.conftest import StartGateway, StartUpstream, scrape, url
-from tests.support import free_port
+from tests.conftest import StartGateway, StartUpstream, Upstream
+from tests.support import free_port, proxy_config, scrape, url
+from tests.support.resilience import held_upstream
+from tests.support.scraping import samples, status_of, total
 
 PROMTOOL = "/usr/bin/promtool"
 
 
-def total(text: str, name: str, **labels: str) -> float:
-    """The sum of every sample called ``name`` whose labels include ``labels``."""
-    found = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                found += float(sample.value)
-    return found
-
-
 def series(text: str, name: str) -> list[dict[str, str]]:
     """The label sets of every sample called ``name``."""
-    return [
-        dict(sample.labels)
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name
-    ]
+    return [dict(sample.labels) for sample in samples(text, name)]
 
 
 async def _status_handler(request: web.Request) -> web.StreamResponse:
@@ -48,45 +33,43 @@ async def _status_handler(request: web.Request) -> web.StreamResponse:
 
 
 def traffic_config(target: str, dead: str) -> str:
-    return f"""
-        [upstreams.svc]
-        targets = ["{target}"]
-        [upstreams.dead]
-        targets = ["{dead}"]
-        [[plugins]]
-        use = "request_id"
-        [[routes]]
-        name = "svc"
-        path = "/svc/{{rest:.*}}"
-        upstream = "svc"
-          [[routes.plugins]]
-          use = "headers"
-          request = {{ set = {{ "X-From-Gateway" = "1" }} }}
+    """Route svc (with a headers plugin) to ``target``, route down to ``dead``; request_id on all."""
+    return proxy_config(target, upstream="", after=f"""
+        [[routes.plugins]]
+        use = "headers"
+        request = {{ set = {{ "X-From-Gateway" = "1" }} }}
         [[routes]]
         name = "down"
         path = "/down/{{rest:.*}}"
         upstream = "dead"
-    """
+        [upstreams.dead]
+        targets = ["{dead}"]
+        [[plugins]]
+        use = "request_id"
+    """)
 
 
-async def _send_known_traffic(gw: GatewayProcess, http: aiohttp.ClientSession) -> None:
-    expected = [
-        ("GET", "/svc/a", 200), ("GET", "/svc/b", 200), ("POST", "/svc/c", 201),
-        ("GET", "/svc/missing", 404), ("GET", "/nowhere", 404), ("GET", "/down/x", 502),
-    ]
-    for method, path, status in expected:
-        async with http.request(method, url(gw, path)) as response:
-            await response.read()
-            assert response.status == status, (method, path)
+KNOWN_TRAFFIC = [
+    ("GET", "/svc/a", 200), ("GET", "/svc/b", 200), ("POST", "/svc/c", 201),
+    ("GET", "/svc/missing", 404), ("GET", "/nowhere", 404), ("GET", "/down/x", 502),
+]
 
 
-async def test_request_counters_after_known_traffic(
+@pytest.fixture
+async def known_traffic(
     upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
-) -> None:
+) -> tuple[Upstream, str]:
+    """``KNOWN_TRAFFIC`` sent through ``traffic_config`` (each answer as expected); the upstream
+    and the gateway's metrics afterwards."""
     up = await upstream(_status_handler)
     gw = await gateway(traffic_config(up.url, f"http://127.0.0.1:{free_port()}"))
-    await _send_known_traffic(gw, http)
-    text = await scrape(gw)
+    for method, path, expected in KNOWN_TRAFFIC:
+        assert await status_of(http, url(gw, path), method) == expected, (method, path)
+    return up, await scrape(gw)
+
+
+async def test_request_counters_after_known_traffic(known_traffic: tuple[Upstream, str]) -> None:
+    _, text = known_traffic
 
     def requests(route: str, method: str, code: str, source: str) -> float:
         return total(text, "gateway_requests_total", route=route, method=method, code=code, source=source)
@@ -107,13 +90,8 @@ async def test_request_counters_after_known_traffic(
     assert total(text, "gateway_request_duration_seconds_count", route="down", method="GET") == 1
 
 
-async def test_plugin_durations_are_counted_per_route_and_plugin(
-    upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
-) -> None:
-    up = await upstream(_status_handler)
-    gw = await gateway(traffic_config(up.url, f"http://127.0.0.1:{free_port()}"))
-    await _send_known_traffic(gw, http)
-    text = await scrape(gw)
+async def test_plugin_durations_are_counted_per_route_and_plugin(known_traffic: tuple[Upstream, str]) -> None:
+    up, text = known_traffic
     name = "gateway_plugin_duration_seconds_count"
     assert total(text, name, route="svc", plugin="request_id") == 4
     assert total(text, name, route="svc", plugin="headers") == 4
@@ -123,13 +101,8 @@ async def test_plugin_durations_are_counted_per_route_and_plugin(
     assert all(r.headers["X-From-Gateway"] == "1" for r in up.requests)
 
 
-async def test_upstream_counters_by_outcome(
-    upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
-) -> None:
-    up = await upstream(_status_handler)
-    gw = await gateway(traffic_config(up.url, f"http://127.0.0.1:{free_port()}"))
-    await _send_known_traffic(gw, http)
-    text = await scrape(gw)
+async def test_upstream_counters_by_outcome(known_traffic: tuple[Upstream, str]) -> None:
+    _, text = known_traffic
     name = "gateway_upstream_requests_total"
     assert total(text, name, route="svc", upstream="svc", outcome="ok") == 4
     assert total(text, name, route="svc", upstream="svc", code="200", outcome="ok") == 2
@@ -145,30 +118,14 @@ async def test_upstream_counters_by_outcome(
 async def test_upstream_timeout_is_counted(
     upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
 ) -> None:
-    release = asyncio.Event()
-
-    async def slow(_: web.Request) -> web.StreamResponse:
-        async with asyncio.timeout(5):
-            await release.wait()
-        return web.Response(text="late")
-
-    up = await upstream(slow)
-    gw = await gateway(f"""
-        [upstreams.slow]
-        targets = ["{up.url}"]
-        [[routes]]
-        name = "slow"
-        path = "/slow"
-        upstream = "slow"
-        timeout = "200ms"
-    """)
+    held, up = await held_upstream(upstream)
+    gw = await gateway(proxy_config(up.url, name="slow", path="/slow", upstream="", route='timeout = "200ms"'))
     try:
-        async with http.get(url(gw, "/slow")) as response:
-            assert response.status == 504
+        assert await status_of(http, url(gw, "/slow")) == 504
     finally:
-        release.set()
+        held.release.set()
     text = await scrape(gw)
-    assert total(text, "gateway_upstream_requests_total", route="slow", upstream="slow", outcome="timeout") == 1
+    assert total(text, "gateway_upstream_requests_total", route="slow", upstream="svc", outcome="timeout") == 1
     assert total(text, "gateway_upstream_requests_total", route="slow", outcome="ok") == 0
     assert total(text, "gateway_requests_total", route="slow", method="GET", code="504", source="gateway") == 1
 
@@ -176,27 +133,9 @@ async def test_upstream_timeout_is_counted(
 async def test_inflight_gauge_follows_a_slow_request(
     upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
 ) -> None:
-    arrived, release = asyncio.Event(), asyncio.Event()
-
-    async def slow(_: web.Request) -> web.StreamResponse:
-        arrived.set()
-        async with asyncio.timeout(5):
-            await release.wait()
-        return web.Response(text="done")
-
-    up = await upstream(slow)
-    gw = await gateway(f"""
-        [upstreams.slow]
-        targets = ["{up.url}"]
-        [[routes]]
-        name = "slow"
-        path = "/slow"
-        upstream = "slow"
-        [[routes]]
-        name = "other"
-        path = "/other"
-        upstream = "slow"
-    """)
+    held, up = await held_upstream(upstream, "done")
+    other = '[[routes]]\nname = "other"\npath = "/other"\nupstream = "svc"'
+    gw = await gateway(proxy_config(up.url, name="slow", path="/slow", upstream="", after=other))
 
     async def call() -> tuple[int, bytes]:
         async with http.get(url(gw, "/slow")) as response:
@@ -205,12 +144,12 @@ async def test_inflight_gauge_follows_a_slow_request(
     task = asyncio.create_task(call())
     try:
         async with asyncio.timeout(5):
-            await arrived.wait()
+            await held.arrived.wait()
         during = await scrape(gw)
         assert total(during, "gateway_inflight_requests", route="slow") == 1
         assert total(during, "gateway_inflight_requests", route="other") == 0
     finally:
-        release.set()
+        held.release.set()
     async with asyncio.timeout(5):
         assert await task == (200, b"done")
     after = await scrape(gw)
@@ -225,18 +164,13 @@ async def test_build_info(gateway: StartGateway) -> None:
     assert len(series(text, "gateway_build_info")) == 1
 
 
-async def test_metrics_pass_promtool_check(
-    upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
-) -> None:
+async def test_metrics_pass_promtool_check(known_traffic: tuple[Upstream, str]) -> None:
     promtool = PROMTOOL if os.access(PROMTOOL, os.X_OK) else shutil.which("promtool")
     if promtool is None:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail("promtool is required under CI=true but was not found")
         pytest.skip("promtool not installed")
-    up = await upstream(_status_handler)
-    gw = await gateway(traffic_config(up.url, f"http://127.0.0.1:{free_port()}"))
-    await _send_known_traffic(gw, http)  # every kind of series present, histograms filled
-    text = await scrape(gw)
+    _, text = known_traffic  # every kind of series present, histograms filled
     process = await asyncio.create_subprocess_exec(
         promtool, "check", "metrics",
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
@@ -257,15 +191,7 @@ async def test_status_page_shows_routes_targets_and_breakers(
     upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
 ) -> None:
     up = await upstream()
-    gw = await gateway(f"""
-        [upstreams.svc]
-        targets = ["{up.url}"]
-        breaker = {{ failures = 3 }}
-        [[routes]]
-        name = "svc-route"
-        path = "/svc/{{rest:.*}}"
-        upstream = "svc"
-    """)
+    gw = await gateway(proxy_config(up.url, name="svc-route", upstream="breaker = { failures = 3 }"))
     async with http.get(f"http://127.0.0.1:{gw.admin_port}/status") as response:
         assert response.status == 200
         assert response.content_type == "text/html"

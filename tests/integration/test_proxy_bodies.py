@@ -13,16 +13,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.conftest import GatewaySubprocess, StartGateway, StartUpstream, url
-from tests.support import (
-    RawHead,
-    parse_request_head,
-    proxy_config,
-    raw_connection,
-    raw_upstream,
-    read_request_head,
-    read_response,
-)
+from tests.conftest import GatewaySubprocess, StartGateway, StartUpstream
+from tests.support import RawResponse, proxy_config, raw_connection, raw_upstream, read_response, url
+from tests.support.edge import fetch, fetch_json, proxied, streaming
+from tests.support.raw import RawRequest, read_request
 
 MiB = 1024 * 1024
 
@@ -34,6 +28,10 @@ def _compressible(size: int) -> bytes:
 
 async def _echo(request: web.Request) -> web.StreamResponse:
     return web.Response(body=await request.read(), headers={"Content-Type": "application/octet-stream"})
+
+
+async def _count(request: web.Request) -> web.Response:
+    return web.json_response({"bytes": len(await request.read())})
 
 
 # --- Content-Encoding passes untouched ------------------------------------------------------
@@ -48,13 +46,11 @@ async def test_gzip_response_passes_compressed_and_untouched(
     async def handler(_: web.Request) -> web.StreamResponse:
         return web.Response(body=compressed, headers={"Content-Encoding": "gzip", "Content-Type": "text/plain"})
 
-    up = await upstream(handler)
-    gw = await gateway(proxy_config(up.url, rewrite="/{rest}", upstream=""))
+    up, gw = await proxied(upstream, gateway, handler)
     # The client asks for gzip; the http fixture does not decompress.
-    async with http.get(url(gw, "/svc/z"), headers={"Accept-Encoding": "gzip"}) as response:
-        assert response.status == 200
-        assert response.headers["Content-Encoding"] == "gzip"
-        assert await response.read() == compressed
+    headers, body = await fetch(http, gw, "/svc/z", headers={"Accept-Encoding": "gzip"})
+    assert headers["Content-Encoding"] == "gzip"
+    assert body == compressed
     assert up.requests[0].headers["Accept-Encoding"] == "gzip"
 
 
@@ -63,28 +59,22 @@ async def test_gzip_request_body_reaches_upstream_byte_identical(
 ) -> None:
     # A raw upstream: an aiohttp upstream would itself decompress what it receives.
     compressed = gzip.compress(b'{"items": [' + b",".join(b"%d" % i for i in range(50_000)) + b"]}")
-    seen: list[tuple[RawHead, bytes]] = []
+    seen: list[RawRequest] = []
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = parse_request_head(await read_request_head(reader))
-        body = await reader.readexactly(int(head.headers["Content-Length"]))
-        seen.append((head, body))
+        seen.append(await read_request(reader))
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         await writer.drain()
 
     async with raw_upstream(handler) as target:
         gw = await gateway(proxy_config(target, rewrite="/{rest}", upstream=""))
-        async with http.post(
-            url(gw, "/svc/in"), data=compressed,
-            headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
-        ) as response:
-            assert response.status == 200
-            assert await response.read() == b"ok"
+        headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
+        _, answer = await fetch(http, gw, "/svc/in", method="POST", data=compressed, headers=headers)
+        assert answer == b"ok"
     assert len(seen) == 1
-    head, body = seen[0]
-    assert head.headers["Content-Encoding"] == "gzip"
-    assert head.headers["Content-Length"] == str(len(compressed))
-    assert body == compressed
+    assert seen[0].headers["Content-Encoding"] == "gzip"
+    assert seen[0].headers["Content-Length"] == str(len(compressed))
+    assert seen[0].body == compressed
 
 
 # --- big bodies both ways ------------------------------------------------------------------
@@ -94,11 +84,8 @@ async def test_8mib_body_round_trips_identical(
     upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
 ) -> None:
     payload = os.urandom(8 * MiB)
-    up = await upstream(_echo)
-    gw = await gateway(proxy_config(up.url, rewrite="/{rest}", upstream=""))
-    async with http.post(url(gw, "/svc/echo"), data=payload) as response:
-        assert response.status == 200
-        echoed = await response.read()
+    up, gw = await proxied(upstream, gateway, _echo)
+    _, echoed = await fetch(http, gw, "/svc/echo", method="POST", data=payload)
     assert hashlib.sha256(up.bodies[0]).hexdigest() == hashlib.sha256(payload).hexdigest()
     assert len(echoed) == len(payload)
     assert echoed == payload
@@ -108,20 +95,8 @@ async def test_8mib_download_is_identical(
     upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
 ) -> None:
     payload = os.urandom(8 * MiB)
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        out = web.StreamResponse()  # chunked from the upstream
-        await out.prepare(request)
-        for i in range(0, len(payload), MiB):
-            await out.write(payload[i:i + MiB])
-        await out.write_eof()
-        return out
-
-    up = await upstream(handler)
-    gw = await gateway(proxy_config(up.url, rewrite="/{rest}", upstream=""))
-    async with http.get(url(gw, "/svc/dl")) as response:
-        assert response.status == 200
-        assert await response.read() == payload
+    _, gw = await proxied(upstream, gateway, streaming(payload, MiB))  # chunked from the upstream
+    assert (await fetch(http, gw, "/svc/dl"))[1] == payload
 
 
 # --- request framing ---------------------------------------------------------------------------
@@ -132,10 +107,8 @@ async def test_content_length_upload_arrives_with_content_length(
     size: int, upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
 ) -> None:
     payload = os.urandom(size)
-    up = await upstream()
-    gw = await gateway(proxy_config(up.url, rewrite="/{rest}", upstream=""))
-    async with http.put(url(gw, "/svc/put"), data=payload) as response:
-        assert response.status == 200
+    up, gw = await proxied(upstream, gateway)
+    await fetch(http, gw, "/svc/put", method="PUT", data=payload)
     got = up.requests[0].headers
     assert got.getall("Content-Length") == [str(size)]
     assert "Transfer-Encoding" not in got
@@ -151,10 +124,8 @@ async def test_chunked_upload_stays_chunked(
         for part in parts:
             yield part
 
-    up = await upstream()
-    gw = await gateway(proxy_config(up.url, rewrite="/{rest}", upstream=""))
-    async with http.post(url(gw, "/svc/chunked"), data=body()) as response:
-        assert response.status == 200
+    up, gw = await proxied(upstream, gateway)
+    await fetch(http, gw, "/svc/chunked", method="POST", data=body())
     got = up.requests[0].headers
     assert got.get("Transfer-Encoding", "").lower() == "chunked"
     assert "Content-Length" not in got
@@ -164,50 +135,51 @@ async def test_chunked_upload_stays_chunked(
 # --- responses without a body ----------------------------------------------------------------
 
 
+def special_then_next(
+    special: str, answer: Callable[[], web.Response]
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """An upstream handler answering ``answer()`` to requests for ``special`` (a method or a
+    path), and "next" to all others."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return answer() if special in (request.method, request.path) else web.Response(text="next")
+
+    return handler
+
+
+async def answer_then_next(port: int, request: bytes, *, no_body: bool = False) -> RawResponse:
+    """Send ``request`` and then ``GET /svc/next`` on the same connection; the first answer.
+    Any stray body byte of the first would corrupt the second, which must be a clean "next"."""
+    async with raw_connection(port) as (reader, writer):
+        writer.write(request)
+        await writer.drain()
+        first = await read_response(reader, no_body=no_body)
+        writer.write(b"GET /svc/next HTTP/1.1\r\nHost: gw\r\n\r\n")
+        await writer.drain()
+        follow = await read_response(reader)
+    assert follow.status == 200
+    assert follow.body == b"next"
+    return first
+
+
 async def test_head_keeps_upstream_content_length_and_sends_no_body(
     upstream: StartUpstream, gateway: StartGateway
 ) -> None:
-    async def handler(request: web.Request) -> web.StreamResponse:
-        if request.method == "HEAD":
-            return web.Response(body=b"x" * 12345, headers={"Content-Type": "text/plain"})
-        return web.Response(text="next")
+    def head_answer() -> web.Response:
+        return web.Response(body=b"x" * 12345, headers={"Content-Type": "text/plain"})
 
-    up = await upstream(handler)
-    gw = await gateway(proxy_config(up.url, rewrite="/{rest}", upstream=""))
-    async with raw_connection(gw.port) as (reader, writer):
-        writer.write(b"HEAD /svc/h HTTP/1.1\r\nHost: gw\r\n\r\n")
-        await writer.drain()
-        head = await read_response(reader, no_body=True)
-        assert head.status == 200
-        assert head.get("Content-Length") == "12345"
-        # Any stray body byte would corrupt the next response on this connection.
-        writer.write(b"GET /svc/next HTTP/1.1\r\nHost: gw\r\n\r\n")
-        await writer.drain()
-        follow = await read_response(reader)
-    assert follow.status == 200
-    assert follow.body == b"next"
+    _, gw = await proxied(upstream, gateway, special_then_next("HEAD", head_answer))
+    head = await answer_then_next(gw.port, b"HEAD /svc/h HTTP/1.1\r\nHost: gw\r\n\r\n", no_body=True)
+    assert head.status == 200
+    assert head.get("Content-Length") == "12345"
 
 
 async def test_204_has_no_body(upstream: StartUpstream, gateway: StartGateway) -> None:
-    async def handler(request: web.Request) -> web.StreamResponse:
-        if request.path == "/empty":
-            return web.Response(status=204)
-        return web.Response(text="next")
-
-    up = await upstream(handler)
-    gw = await gateway(proxy_config(up.url, rewrite="/{rest}", upstream=""))
-    async with raw_connection(gw.port) as (reader, writer):
-        writer.write(b"DELETE /svc/empty HTTP/1.1\r\nHost: gw\r\n\r\n")
-        await writer.drain()
-        empty = await read_response(reader)
-        assert empty.status == 204
-        assert "transfer-encoding" not in empty.names
-        assert empty.get("Content-Length") in (None, "0")
-        writer.write(b"GET /svc/next HTTP/1.1\r\nHost: gw\r\n\r\n")
-        await writer.drain()
-        follow = await read_response(reader)
-    assert follow.status == 200
-    assert follow.body == b"next"
+    _, gw = await proxied(upstream, gateway, special_then_next("/empty", lambda: web.Response(status=204)))
+    empty = await answer_then_next(gw.port, b"DELETE /svc/empty HTTP/1.1\r\nHost: gw\r\n\r\n")
+    assert empty.status == 204
+    assert "transfer-encoding" not in empty.names
+    assert empty.get("Content-Length") in (None, "0")
 
 
 # --- load balancing -------------------------------------------------------------------------------
@@ -223,20 +195,8 @@ async def test_round_robin_alternates_between_targets(
         return handler
 
     a, b = await upstream(named("a")), await upstream(named("b"))
-    gw = await gateway(f"""
-        [upstreams.svc]
-        targets = ["{a.url}", "{b.url}"]
-        balance = "round_robin"
-        [[routes]]
-        name = "svc"
-        path = "/svc/{{rest:.*}}"
-        upstream = "svc"
-    """)
-    served = []
-    for _ in range(6):
-        async with http.get(url(gw, "/svc/rr")) as response:
-            assert response.status == 200
-            served.append(await response.text())
+    gw = await gateway(proxy_config(a.url, b.url, upstream='balance = "round_robin"'))
+    served = [(await fetch(http, gw, "/svc/rr"))[1].decode() for _ in range(6)]
     assert served in (["a", "b"] * 3, ["b", "a"] * 3)
     assert (a.hits, b.hits) == (3, 3)
 
@@ -269,16 +229,7 @@ async def test_300mb_streams_both_ways_with_flat_memory(
         return out
 
     up = await upstream(handler, record_bodies=False)
-    gw = await spawn_gateway(f"""
-        [gateway]
-        max_body_bytes = "1GiB"
-        [upstreams.svc]
-        targets = ["{up.url}"]
-        [[routes]]
-        name = "svc"
-        path = "/svc/{{rest:.*}}"
-        upstream = "svc"
-    """)
+    gw = await spawn_gateway(proxy_config(up.url, upstream="", gateway='max_body_bytes = "1GiB"'))
     baseline = gw.peak_rss_kib()
 
     async def upload() -> AsyncIterator[bytes]:
@@ -306,30 +257,21 @@ async def test_300mb_streams_both_ways_with_flat_memory(
 async def test_a_slow_upload_does_not_count_against_the_upstream_timeout(
     upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
 ) -> None:
-    async def count(request: web.Request) -> web.Response:
-        return web.json_response({"bytes": len(await request.read())})
-
-    up = await upstream(count, record_bodies=False)
-    gw = await gateway(proxy_config(up.url, rewrite="/{rest}", upstream="", route='timeout = "300ms"'))
+    _, gw = await proxied(upstream, gateway, _count, record_bodies=False, route='timeout = "300ms"')
 
     async def slowly() -> AsyncIterator[bytes]:
         for _ in range(3):
             yield b"x" * 1000
             await asyncio.sleep(0.2)
 
-    async with http.post(url(gw, "/svc/upload"), data=slowly()) as response:
-        assert response.status == 200  # 600 ms of client pace, but the upstream answered at once
-        assert await response.json() == {"bytes": 3000}
+    # 600 ms of client pace, but the upstream answered at once
+    assert await fetch_json(http, gw, "/svc/upload", method="POST", data=slowly()) == {"bytes": 3000}
 
 
 async def test_a_stalled_upload_is_answered_408(
     upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
 ) -> None:
-    async def count(request: web.Request) -> web.Response:
-        return web.json_response({"bytes": len(await request.read())})
-
-    up = await upstream(count, record_bodies=False)
-    gw = await gateway(proxy_config(up.url, rewrite="/{rest}", upstream="", gateway='client_body_timeout = "200ms"'))
+    _, gw = await proxied(upstream, gateway, _count, record_bodies=False, settings='client_body_timeout = "200ms"')
 
     async def stalls() -> AsyncIterator[bytes]:
         yield b"x" * 1000

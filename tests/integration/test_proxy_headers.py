@@ -8,36 +8,27 @@ upstream must send what aiohttp's server would not, the upstream is a raw socket
 from __future__ import annotations
 
 import asyncio
-import textwrap
 
 import aiohttp
+import pytest
 from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from tests.conftest import StartGateway, StartUpstream, Upstream, url
+from tests.conftest import StartGateway, StartUpstream, Upstream
 from tests.support import (
+    plugin_table,
+    proxy_config,
     raw_connection,
     raw_exchange,
     raw_upstream,
     read_request_head,
     read_response,
+    url,
 )
+from tests.support.edge import fetch, fetch_json, proxied, streaming
 
-
-def proxy_config(target: str, *, route_extra: str = "", gateway_extra: str = "") -> str:
-    return f"""
-        [gateway]
-        {gateway_extra}
-        [upstreams.svc]
-        targets = ["{target}"]
-        [[routes]]
-        name = "svc"
-        path = "/svc/{{rest:.*}}"
-        upstream = "svc"
-        rewrite = "/{{rest}}"
-        {route_extra}
-    """
+TRUSTED = 'trusted_proxies = ["127.0.0.1/32"]'
 
 
 def received_headers(up: Upstream, index: int = -1) -> list[tuple[str, str]]:
@@ -45,7 +36,7 @@ def received_headers(up: Upstream, index: int = -1) -> list[tuple[str, str]]:
     return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in up.requests[index].raw_headers]
 
 
-# --- hop-by-hop headers ------------------------------------------------------------------
+# --- what the upstream receives: nothing injected, no hop-by-hop headers ------------------------
 
 
 HOP_REQUEST_HEADERS = (
@@ -59,40 +50,42 @@ HOP_REQUEST_HEADERS = (
     b"Proxy-Connection: keep-alive\r\n"
     b"Proxy-Custom: yes\r\n"
 )
+MINIMAL_HEADERS = ["host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id", "traceparent"]
 
 
-async def test_hop_by_hop_request_headers_are_not_forwarded(
-    upstream: StartUpstream, gateway: StartGateway
+@pytest.mark.parametrize("extra", [
+    pytest.param(b"", id="minimal"),
+    # hop-by-hop headers, named by Connection or not, never reach the upstream; others do
+    pytest.param(HOP_REQUEST_HEADERS + b"X-Kept: yes\r\n", id="hop-by-hop"),
+])
+@pytest.mark.parametrize(("method", "body"), [
+    pytest.param(b"GET", b"", id="get"),
+    # a body brings its Content-Length, and no Content-Type or Content-Encoding of the gateway's
+    pytest.param(b"POST", b"abc", id="post"),
+])
+async def test_the_upstream_gets_exactly_the_documented_headers_and_no_hop_by_hop_ones(
+    extra: bytes, method: bytes, body: bytes, upstream: StartUpstream, gateway: StartGateway
 ) -> None:
-    up = await upstream()
-    gw = await gateway(proxy_config(up.url))
-    response = await raw_exchange(
-        gw.port,
-        b"GET /svc/hop HTTP/1.1\r\nHost: gw.example\r\n" + HOP_REQUEST_HEADERS + b"X-Kept: yes\r\n\r\n",
-    )
+    up, gw = await proxied(upstream, gateway)
+    length = b"Content-Length: %d\r\n" % len(body) if body else b""
+    head = method + b" /svc/min?q=1 HTTP/1.1\r\nHost: gw.example\r\n" + extra + length
+    response = await raw_exchange(gw.port, head + b"\r\n" + body)
     assert response.status == 200
-    names = {k.lower() for k, _ in received_headers(up)}
-    hop = {"connection", "x-named-hop", "keep-alive", "te", "trailer", "upgrade",
-           "proxy-authorization", "proxy-connection", "proxy-custom"}
-    assert names & hop == set()
-    assert up.requests[0].headers["X-Kept"] == "yes"
+    headers = received_headers(up)
+    expected = MINIMAL_HEADERS + (["content-length"] if body else []) + (["x-kept"] if extra else [])
+    assert sorted(k.lower() for k, _ in headers) == sorted(expected), headers
+    got = CIMultiDict(headers)
+    assert got["Host"] == f"127.0.0.1:{up.server.port}"
+    assert got["X-Forwarded-For"] == "127.0.0.1"
+    assert got["X-Forwarded-Proto"] == "http"
+    assert got["X-Forwarded-Host"] == "gw.example"
+    assert got["X-Request-ID"] == response.get("X-Request-ID")
+    assert got.get("Content-Length") == (str(len(body)) if body else None)
+    assert got.get("X-Kept") == ("yes" if extra else None)
+    assert up.bodies == [body]
 
 
-async def test_hop_by_hop_request_headers_are_not_forwarded_with_a_body(
-    upstream: StartUpstream, gateway: StartGateway
-) -> None:
-    up = await upstream()
-    gw = await gateway(proxy_config(up.url))
-    response = await raw_exchange(
-        gw.port,
-        b"POST /svc/hop HTTP/1.1\r\nHost: gw.example\r\n" + HOP_REQUEST_HEADERS
-        + b"Content-Length: 5\r\n\r\nhello",
-    )
-    assert response.status == 200
-    names = {k.lower() for k, _ in received_headers(up)}
-    assert names & {"connection", "x-named-hop", "keep-alive", "te", "trailer", "upgrade",
-                    "proxy-authorization", "proxy-connection", "proxy-custom"} == set()
-    assert up.bodies == [b"hello"]
+# --- what the client gets back: no hop-by-hop headers --------------------------------------------
 
 
 HOP_RESPONSE = (
@@ -119,7 +112,7 @@ async def _answer_once_and_close(reader: asyncio.StreamReader, writer: asyncio.S
 
 async def test_hop_by_hop_response_headers_are_not_returned(gateway: StartGateway) -> None:
     async with raw_upstream(_answer_once_and_close) as target:
-        gw = await gateway(proxy_config(target))
+        gw = await gateway(proxy_config(target, rewrite="/{rest}", upstream=""))
         response = await raw_exchange(gw.port, b"GET /svc/x HTTP/1.1\r\nHost: gw.example\r\n\r\n")
     assert response.status == 200
     assert response.body == b"hello world"
@@ -135,7 +128,7 @@ async def test_hop_by_hop_response_headers_are_not_returned(gateway: StartGatewa
 
 async def test_upstream_connection_close_keeps_client_connection_open(gateway: StartGateway) -> None:
     async with raw_upstream(_answer_once_and_close) as target:
-        gw = await gateway(proxy_config(target))
+        gw = await gateway(proxy_config(target, rewrite="/{rest}", upstream=""))
         async with raw_connection(gw.port) as (reader, writer):
             for i in range(3):
                 writer.write(f"GET /svc/{i} HTTP/1.1\r\nHost: gw.example\r\n\r\n".encode())
@@ -147,48 +140,11 @@ async def test_upstream_connection_close_keeps_client_connection_open(gateway: S
             assert not reader.at_eof()
 
 
-# --- nothing injected -------------------------------------------------------------------
-
-
-async def test_minimal_get_reaches_upstream_with_exactly_the_documented_headers(
-    upstream: StartUpstream, gateway: StartGateway
-) -> None:
-    up = await upstream()
-    gw = await gateway(proxy_config(up.url))
-    response = await raw_exchange(gw.port, b"GET /svc/min?q=1 HTTP/1.1\r\nHost: gw.example\r\n\r\n")
-    assert response.status == 200
-    headers = received_headers(up)
-    assert sorted(k.lower() for k, _ in headers) == sorted(
-        ["host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id"]
-    ), headers
-    got = CIMultiDict(headers)
-    assert got["Host"] == f"127.0.0.1:{up.server.port}"
-    assert got["X-Forwarded-For"] == "127.0.0.1"
-    assert got["X-Forwarded-Proto"] == "http"
-    assert got["X-Forwarded-Host"] == "gw.example"
-    assert got["X-Request-ID"] == response.get("X-Request-ID")
-
-
-async def test_minimal_post_gets_no_injected_content_type_or_encoding(
-    upstream: StartUpstream, gateway: StartGateway
-) -> None:
-    up = await upstream()
-    gw = await gateway(proxy_config(up.url))
-    response = await raw_exchange(
-        gw.port, b"POST /svc/min HTTP/1.1\r\nHost: gw.example\r\nContent-Length: 3\r\n\r\nabc"
-    )
-    assert response.status == 200
-    headers = received_headers(up)
-    assert sorted(k.lower() for k, _ in headers) == sorted(
-        ["host", "content-length", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id"]
-    ), headers
-    assert CIMultiDict(headers)["Content-Length"] == "3"
-    assert up.bodies == [b"abc"]
+# --- client headers -----------------------------------------------------------------------
 
 
 async def test_client_headers_pass_as_sent(upstream: StartUpstream, gateway: StartGateway) -> None:
-    up = await upstream()
-    gw = await gateway(proxy_config(up.url))
+    up, gw = await proxied(upstream, gateway)
     response = await raw_exchange(
         gw.port,
         b"GET /svc/h HTTP/1.1\r\nHost: gw.example\r\nAccept: text/csv\r\nUser-Agent: curl/8.0\r\n"
@@ -208,44 +164,24 @@ async def test_client_headers_pass_as_sent(upstream: StartUpstream, gateway: Sta
 SPOOFED = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https", "X-Forwarded-Host": "shop.example"}
 
 
-async def test_forwarded_headers_from_an_untrusted_peer_are_replaced(
-    upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
+@pytest.mark.parametrize(("settings", "sent", "expected"), [
+    # without trusted_proxies nobody is trusted; the client's X-Forwarded-For is appended to, never dropped
+    pytest.param("", {**SPOOFED, "Host": "gw.example"}, ("203.0.113.7, 127.0.0.1", "http", "gw.example"),
+                 id="from-an-untrusted-peer-replaced"),
+    pytest.param(TRUSTED, {**SPOOFED, "Host": "gw.example"}, ("203.0.113.7, 127.0.0.1", "https", "shop.example"),
+                 id="from-a-trusted-peer-kept"),
+    pytest.param(TRUSTED, {"Host": "gw.example:8443"}, ("127.0.0.1", "http", "gw.example:8443"),
+                 id="set-when-the-client-sent-none"),
+])
+async def test_forwarded_headers(
+    settings: str, sent: dict[str, str], expected: tuple[str, str, str],
+    upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession,
 ) -> None:
-    up = await upstream()
-    gw = await gateway(proxy_config(up.url))  # no trusted_proxies: nobody is trusted
-    async with http.get(url(gw, "/svc/f"), headers={**SPOOFED, "Host": "gw.example"}) as response:
-        assert response.status == 200
+    up, gw = await proxied(upstream, gateway, settings=settings)
+    await fetch(http, gw, "/svc/f", headers=sent)
     got = up.requests[0].headers
-    assert got["X-Forwarded-For"] == "203.0.113.7, 127.0.0.1"  # appended, never dropped
-    assert got["X-Forwarded-Proto"] == "http"
-    assert got["X-Forwarded-Host"] == "gw.example"
-    assert len(got.getall("X-Forwarded-For")) == 1
-
-
-async def test_forwarded_headers_from_a_trusted_peer_are_kept(
-    upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
-) -> None:
-    up = await upstream()
-    gw = await gateway(proxy_config(up.url, gateway_extra='trusted_proxies = ["127.0.0.1/32"]'))
-    async with http.get(url(gw, "/svc/f"), headers={**SPOOFED, "Host": "gw.example"}) as response:
-        assert response.status == 200
-    got = up.requests[0].headers
-    assert got["X-Forwarded-For"] == "203.0.113.7, 127.0.0.1"
-    assert got["X-Forwarded-Proto"] == "https"
-    assert got["X-Forwarded-Host"] == "shop.example"
-
-
-async def test_forwarded_headers_are_set_when_the_client_sent_none(
-    upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
-) -> None:
-    up = await upstream()
-    gw = await gateway(proxy_config(up.url, gateway_extra='trusted_proxies = ["127.0.0.1/32"]'))
-    async with http.get(url(gw, "/svc/f"), headers={"Host": "gw.example:8443"}) as response:
-        assert response.status == 200
-    got = up.requests[0].headers
-    assert got["X-Forwarded-For"] == "127.0.0.1"
-    assert got["X-Forwarded-Proto"] == "http"
-    assert got["X-Forwarded-Host"] == "gw.example:8443"
+    names = ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host")
+    assert [got.getall(name) for name in names] == [[value] for value in expected]
 
 
 # --- X-Request-ID ---------------------------------------------------------------------------
@@ -254,84 +190,52 @@ async def test_forwarded_headers_are_set_when_the_client_sent_none(
 async def test_request_id_is_generated_and_returned(
     upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
 ) -> None:
-    up = await upstream()
-    gw = await gateway(proxy_config(up.url))
-    ids = []
-    for _ in range(2):
-        async with http.get(url(gw, "/svc/id")) as response:
-            assert response.status == 200
-            ids.append(response.headers["X-Request-ID"])
+    up, gw = await proxied(upstream, gateway)
+    ids = [(await fetch(http, gw, "/svc/id"))[0]["X-Request-ID"] for _ in range(2)]
     assert [r.headers["X-Request-ID"] for r in up.requests] == ids
     assert ids[0] != ids[1]
     assert all(8 <= len(i) <= 200 for i in ids)
 
 
-async def test_sane_incoming_request_id_is_kept(
-    upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
+@pytest.mark.parametrize(("sent", "kept"), [
+    pytest.param("req-42.abc", True, id="sane-kept"),
+    pytest.param("<script>alert(1)</script>", False, id="markup-replaced"),
+    pytest.param("x" * 1000, False, id="too-long-replaced"),
+    pytest.param("has spaces in it", False, id="spaces-replaced"),
+])
+async def test_an_incoming_request_id_is_kept_only_when_sane(
+    sent: str, kept: bool, upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
 ) -> None:
-    up = await upstream()
-    gw = await gateway(proxy_config(up.url))
-    async with http.get(url(gw, "/svc/id"), headers={"X-Request-ID": "req-42.abc"}) as response:
-        assert response.status == 200
-        assert response.headers["X-Request-ID"] == "req-42.abc"
-    assert up.requests[0].headers.getall("X-Request-ID") == ["req-42.abc"]
-
-
-async def test_insane_incoming_request_id_is_replaced(
-    upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
-) -> None:
-    up = await upstream()
-    gw = await gateway(proxy_config(up.url))
-    for bad in ("<script>alert(1)</script>", "x" * 1000, "has spaces in it"):
-        async with http.get(url(gw, "/svc/id"), headers={"X-Request-ID": bad}) as response:
-            assert response.status == 200
-            returned = response.headers["X-Request-ID"]
-        assert returned != bad
-        assert up.requests[-1].headers.getall("X-Request-ID") == [returned]
+    up, gw = await proxied(upstream, gateway)
+    headers, _ = await fetch(http, gw, "/svc/id", headers={"X-Request-ID": sent})
+    returned = headers["X-Request-ID"]
+    assert (returned == sent) is kept
+    assert up.requests[0].headers.getall("X-Request-ID") == [returned]
 
 
 async def test_request_id_plugin_changes_the_header_name(
     upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
 ) -> None:
-    up = await upstream()
-    gw = await gateway(f"""
-        [upstreams.svc]
-        targets = ["{up.url}"]
-        [[plugins]]
-        use = "request_id"
-        header = "X-Trace-ID"
-        [[routes]]
-        name = "svc"
-        path = "/svc/{{rest:.*}}"
-        upstream = "svc"
-    """)
-    async with http.get(url(gw, "/svc/id"), headers={"X-Trace-ID": "trace-1"}) as response:
-        assert response.status == 200
-        assert response.headers["X-Trace-ID"] == "trace-1"
+    up, gw = await proxied(upstream, gateway, after='[[plugins]]\nuse = "request_id"\nheader = "X-Trace-ID"')
+    headers, _ = await fetch(http, gw, "/svc/id", headers={"X-Trace-ID": "trace-1"})
+    assert headers["X-Trace-ID"] == "trace-1"
     assert up.requests[0].headers["X-Trace-ID"] == "trace-1"
 
 
 # --- Host -----------------------------------------------------------------------------------
 
 
-async def test_host_is_the_upstreams_by_default(
-    upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
+@pytest.mark.parametrize(("route", "sent", "preserved"), [
+    pytest.param("", "public.example", False, id="the-upstreams-by-default"),
+    pytest.param("preserve_host = true", "public.example:8080", True, id="the-clients-with-preserve-host"),
+])
+async def test_host_sent_upstream(
+    route: str, sent: str, preserved: bool, upstream: StartUpstream, gateway: StartGateway,
+    http: aiohttp.ClientSession,
 ) -> None:
-    up = await upstream()
-    gw = await gateway(proxy_config(up.url))
-    async with http.get(url(gw, "/svc/h"), headers={"Host": "public.example"}) as response:
-        assert response.status == 200
-    assert up.requests[0].headers.getall("Host") == [f"127.0.0.1:{up.server.port}"]
-
-
-async def test_preserve_host_sends_the_clients_host(
-    upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
-) -> None:
-    up = await upstream()
-    gw = await gateway(proxy_config(up.url, route_extra="preserve_host = true"))
-    async with http.get(url(gw, "/svc/h"), headers={"Host": "public.example:8080"}) as response:
-        assert response.status == 200
-    assert up.requests[0].headers.getall("Host") == ["public.example:8080"]
+    up, gw = await proxied(upstream, gateway, route=route)
+    await fetch(http, gw, "/svc/h", headers={"Host": sent})
+    assert up.requests[0].headers.getall("Host") == [sent if preserved else f"127.0.0.1:{up.server.port}"]
 
 
 # --- repeated headers, redirects, query strings, rewrite -----------------------------------------
@@ -348,11 +252,9 @@ async def test_repeated_set_cookie_headers_stay_separate_and_in_order(
             headers.add("Set-Cookie", cookie)
         return web.Response(text="ok", headers=headers)
 
-    up = await upstream(handler)
-    gw = await gateway(proxy_config(up.url))
-    async with http.get(url(gw, "/svc/c")) as response:
-        assert response.status == 200
-        assert response.headers.getall("Set-Cookie") == cookies
+    _, gw = await proxied(upstream, gateway, handler)
+    headers, _ = await fetch(http, gw, "/svc/c")
+    assert headers.getall("Set-Cookie") == cookies
 
 
 async def test_redirects_are_passed_through_not_followed(
@@ -363,18 +265,15 @@ async def test_redirects_are_passed_through_not_followed(
             return web.Response(status=302, headers={"Location": "/elsewhere?x=1"}, text="moved")
         return web.Response(text="followed!")
 
-    up = await upstream(handler)
-    gw = await gateway(proxy_config(up.url))
-    async with http.get(url(gw, "/svc/start"), allow_redirects=False) as response:
-        assert response.status == 302
-        assert response.headers["Location"] == "/elsewhere?x=1"
-        assert await response.read() == b"moved"
+    up, gw = await proxied(upstream, gateway, handler)
+    headers, body = await fetch(http, gw, "/svc/start", status=302, allow_redirects=False)
+    assert headers["Location"] == "/elsewhere?x=1"
+    assert body == b"moved"
     assert [r.path for r in up.requests] == ["/start"]
 
 
 async def test_query_string_passes_through_unchanged(upstream: StartUpstream, gateway: StartGateway) -> None:
-    up = await upstream()
-    gw = await gateway(proxy_config(up.url))
+    up, gw = await proxied(upstream, gateway)
     query = b"a=1&b=%20two%2F&a=3&empty=&flag"
     response = await raw_exchange(gw.port, b"GET /svc/q?" + query + b" HTTP/1.1\r\nHost: gw\r\n\r\n")
     assert response.status == 200
@@ -384,35 +283,18 @@ async def test_query_string_passes_through_unchanged(upstream: StartUpstream, ga
 async def test_a_normal_encoded_path_passes_through_unchanged_without_rewrite(
     upstream: StartUpstream, gateway: StartGateway
 ) -> None:
-    up = await upstream()
-    gw = await gateway(f"""
-        [upstreams.svc]
-        targets = ["{up.url}"]
-        [[routes]]
-        name = "svc"
-        path = "/svc/{{rest:.*}}"
-        upstream = "svc"
-    """)
+    up, gw = await proxied(upstream, gateway, rewrite=None)
     response = await raw_exchange(gw.port, b"GET /svc/a%20b%3Ac;v=1 HTTP/1.1\r\nHost: gw\r\n\r\n")
     assert response.status == 200
     assert up.requests[0].raw_path == "/svc/a%20b%3Ac;v=1"
 
 
 async def test_encoded_slashes_are_refused_unless_kept(upstream: StartUpstream, gateway: StartGateway) -> None:
-    up = await upstream()
-    config = f"""
-        [upstreams.svc]
-        targets = ["{up.url}"]
-        [[routes]]
-        name = "svc"
-        path = "/svc/{{rest:.*}}"
-        upstream = "svc"
-    """
-    gw = await gateway(config)
+    up, gw = await proxied(upstream, gateway, rewrite=None)
     response = await raw_exchange(gw.port, b"GET /svc/a%20b%2Fc;v=1 HTTP/1.1\r\nHost: gw\r\n\r\n")
     assert response.status == 400
     assert up.hits == 0
-    kept = await gateway('[gateway]\nencoded_slashes = "keep"\n' + textwrap.dedent(config))
+    kept = await gateway(proxy_config(up.url, upstream="", gateway='encoded_slashes = "keep"'))
     response = await raw_exchange(kept.port, b"GET /svc/a%20b%2fc;v=1 HTTP/1.1\r\nHost: gw\r\n\r\n")
     assert response.status == 200
     assert up.requests[0].raw_path == "/svc/a%20b%2Fc;v=1"
@@ -422,17 +304,8 @@ async def test_kept_encoded_slashes_stay_encoded_through_rewrite(
     upstream: StartUpstream, gateway: StartGateway
 ) -> None:
     up = await upstream()
-    gw = await gateway(f"""
-        [gateway]
-        encoded_slashes = "keep"
-        [upstreams.svc]
-        targets = ["{up.url}"]
-        [[routes]]
-        name = "files"
-        path = "/files/{{name}}/{{rest:.*}}"
-        upstream = "svc"
-        rewrite = "/store/{{name}}/{{rest}}"
-    """)
+    gw = await gateway(proxy_config(up.url, name="files", path="/files/{name}/{rest:.*}",
+                                    rewrite="/store/{name}/{rest}", upstream="", gateway='encoded_slashes = "keep"'))
     response = await raw_exchange(gw.port, b"GET /files/a%2Fb/c/d%2Fe%25 HTTP/1.1\r\nHost: gw\r\n\r\n")
     assert response.status == 200
     assert up.requests[0].raw_path == "/store/a%2Fb/c/d%2Fe%25"
@@ -445,18 +318,10 @@ async def test_rewrite_with_path_parameters(
     upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
 ) -> None:
     up = await upstream()
-    gw = await gateway(f"""
-        [upstreams.svc]
-        targets = ["{up.url}"]
-        [[routes]]
-        name = "items"
-        path = "/api/{{user}}/items/{{rest:.*}}"
-        upstream = "svc"
-        rewrite = "/v2/users/{{user}}/{{rest}}"
-    """)
-    async with http.get(url(gw, "/api/42/items/a/b?page=2")) as response:
-        assert response.status == 200
-        assert await response.json() == {"path": "/v2/users/42/a/b?page=2", "method": "GET"}
+    gw = await gateway(proxy_config(up.url, name="items", path="/api/{user}/items/{rest:.*}",
+                                    rewrite="/v2/users/{user}/{rest}", upstream=""))
+    answer = await fetch_json(http, gw, "/api/42/items/a/b?page=2")
+    assert answer == {"path": "/v2/users/42/a/b?page=2", "method": "GET"}
     assert up.requests[0].raw_path == "/v2/users/42/a/b?page=2"
 
 
@@ -467,17 +332,7 @@ async def test_http10_client_gets_a_non_chunked_response(
     upstream: StartUpstream, gateway: StartGateway
 ) -> None:
     payload = bytes(range(256)) * 1024  # 256 KiB, larger than any "small body" shortcut
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        out = web.StreamResponse()  # no Content-Length: the upstream sends it chunked
-        await out.prepare(request)
-        for i in range(0, len(payload), 32 * 1024):
-            await out.write(payload[i:i + 32 * 1024])
-        await out.write_eof()
-        return out
-
-    up = await upstream(handler)
-    gw = await gateway(proxy_config(up.url))
+    _, gw = await proxied(upstream, gateway, streaming(payload, 32 * 1024))  # the upstream sends it chunked
     response = await raw_exchange(gw.port, b"GET /svc/big HTTP/1.0\r\nHost: gw.example\r\n\r\n")
     assert response.status == 200
     assert response.version in ("HTTP/1.0", "HTTP/1.1")
@@ -488,8 +343,7 @@ async def test_http10_client_gets_a_non_chunked_response(
 
 async def test_expect_100_continue_upload(upstream: StartUpstream, gateway: StartGateway) -> None:
     body = b"0123456789" * 10_000
-    up = await upstream()
-    gw = await gateway(proxy_config(up.url))
+    up, gw = await proxied(upstream, gateway)
     async with raw_connection(gw.port) as (reader, writer):
         writer.write(
             b"POST /svc/upload HTTP/1.1\r\nHost: gw.example\r\nContent-Type: application/octet-stream\r\n"
@@ -511,11 +365,9 @@ async def test_expect_100_continue_upload(upstream: StartUpstream, gateway: Star
 async def test_client_cannot_spoof_consumer_headers(
     upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
 ) -> None:
-    up = await upstream()
-    gw = await gateway(proxy_config(up.url))
+    up, gw = await proxied(upstream, gateway)
     headers = {"X-Consumer": "admin", "x-consumer-id": "1", "X-Consumer-Groups": "root", "X-Consumers": "x"}
-    async with http.get(url(gw, "/svc/a"), headers=headers) as response:
-        assert response.status == 200
+    await fetch(http, gw, "/svc/a", headers=headers)
     received = up.requests[0].headers
     assert not [k for k in received if k.lower().startswith("x-consumer")]
 
@@ -523,25 +375,21 @@ async def test_client_cannot_spoof_consumer_headers(
 async def test_rewrite_refuses_dot_segments_from_encoded_slashes(
     upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
 ) -> None:
-    up = await upstream()
-    gw = await gateway(proxy_config(up.url))
+    up, gw = await proxied(upstream, gateway)
     for path in ("/svc/..%2F..%2Fadmin", "/svc/%2e%2e/%2e%2e/admin", "/svc/a/..%2fadmin"):
         async with http.get(URL(url(gw, path), encoded=True)) as response:
             assert response.status == 400, path
             assert response.headers["Content-Type"] == "application/problem+json"
     assert up.hits == 0
-    async with http.get(url(gw, "/svc/a/b.txt")) as response:
-        assert response.status == 200
+    await fetch(http, gw, "/svc/a/b.txt")
     assert up.requests[0].path == "/a/b.txt"
 
 
 async def test_every_x_forwarded_for_line_counts(
     upstream: StartUpstream, gateway: StartGateway
 ) -> None:
-    up = await upstream()
-    gw = await gateway(proxy_config(
-        up.url, gateway_extra='trusted_proxies = ["127.0.0.1/32"]',
-        route_extra='[[routes.plugins]]\nuse = "ip_filter"\ndeny = ["203.0.113.0/24"]'))
+    deny = plugin_table("ip_filter", deny='["203.0.113.0/24"]')
+    up, gw = await proxied(upstream, gateway, settings=TRUSTED, after=deny)
     request = (b"GET /svc/a HTTP/1.1\r\nHost: gw\r\nX-Forwarded-For: 198.51.100.1\r\n"
                b"X-Forwarded-For: 203.0.113.9\r\n\r\n")
     response = await raw_exchange(gw.port, request)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import textwrap
 import time
 from collections.abc import Iterator
@@ -16,27 +14,23 @@ from aiohttp import web
 
 from gateway.config_load import load_config
 from gateway.process import GatewayProcess
-from tests.conftest import StartGateway, StartUpstream, metric, scrape, url
-from tests.support import RedisServer, assert_problem, free_port
+from tests.conftest import StartGateway, StartUpstream
+from tests.support import RedisServer, free_port, metric, metric_of, proxy_config, scrape, url, wait_for
+from tests.support.config import DEFAULT_TIMEOUT
+from tests.support.redis_server import running_redis
+from tests.support.resilience import answering, failing_and_healthy, held_upstream, upstream_answer
+from tests.support.scraping import problem_of, status_of, statuses
 
 REQUESTS = "gateway_upstream_requests_total"
 REJECTED = "gateway_circuit_breaker_rejected_total"
 STATE = "gateway_circuit_breaker_state"
+CLOSED = {"closed": 1, "open": 0, "half_open": 0}
+OPEN = {"closed": 0, "open": 1, "half_open": 0}
+HALF_OPEN = {"closed": 0, "open": 0, "half_open": 1}
 
 
-def config(*targets: str, breaker: str, extra: str = "") -> str:
-    listed = ", ".join(f'"{t}"' for t in targets)
-    return f"""
-        [upstreams.svc]
-        targets = [{listed}]
-        timeout = {{ connect = "1s", response = "5s" }}
-        breaker = {{ {breaker} }}
-        {extra}
-        [[routes]]
-        name = "svc"
-        path = "/svc/{{rest:.*}}"
-        upstream = "svc"
-    """
+def config(*targets: str, breaker: str, gateway: str = "") -> str:
+    return proxy_config(*targets, gateway=gateway, upstream=f"{DEFAULT_TIMEOUT}\nbreaker = {{ {breaker} }}")
 
 
 async def states(gw: GatewayProcess) -> dict[str, float]:
@@ -44,35 +38,31 @@ async def states(gw: GatewayProcess) -> dict[str, float]:
     return {s: metric(text, STATE, upstream="svc", state=s) for s in ("closed", "open", "half_open")}
 
 
-def answering(status: int) -> web.Response:
-    return web.json_response({"from": "upstream"}, status=status)
+async def rejected(http: aiohttp.ClientSession, target: str) -> str:
+    """One GET the open breaker answers itself, without calling the upstream; its Retry-After."""
+    async with http.get(target) as response:
+        document = await problem_of(response, 503)
+        assert document["type"].endswith("/circuit-open")
+        return response.headers["Retry-After"]
 
 
 async def test_breaker_opens_after_n_failures_and_rejects_without_calling_the_upstream(
     upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
 ) -> None:
-    async def failing(_: web.Request) -> web.Response:
-        return answering(503)
-
-    up = await upstream(failing)
+    up = await upstream(answering(503))
     gw = await gateway(config(up.url, breaker='failures = 3, reset_timeout = "10s"'))
-    assert await states(gw) == {"closed": 1, "open": 0, "half_open": 0}
+    assert await states(gw) == CLOSED
     for _ in range(3):  # the failures themselves still get the upstream's answer
-        async with http.get(url(gw, "/svc/x")) as response:
-            assert response.status == 503
-            assert await response.json() == {"from": "upstream"}
+        await upstream_answer(http, url(gw, "/svc/x"), 503)
     for _ in range(2):
-        async with http.get(url(gw, "/svc/x")) as response:
-            document = assert_problem(response.status, response.headers, await response.read(), 503, route="svc")
-            assert 1 <= int(response.headers["Retry-After"]) <= 10
-    assert document["type"].endswith("/circuit-open")
+        assert 1 <= int(await rejected(http, url(gw, "/svc/x"))) <= 10
     assert up.hits == 3
     text = await scrape(gw)
     assert metric(text, REQUESTS, route="svc", upstream="svc", code="503", outcome="http_error") == 3
     assert metric(text, REQUESTS, route="svc", upstream="svc", code="", outcome="circuit_open") == 2
     assert metric(text, REJECTED, route="svc", upstream="svc") == 2
     assert metric(text, "gateway_requests_total", route="svc", code="503", source="gateway") == 2
-    assert await states(gw) == {"closed": 0, "open": 1, "half_open": 0}
+    assert await states(gw) == OPEN
 
 
 async def test_half_open_admits_one_probe_among_ten_concurrent_requests_and_success_closes(
@@ -80,39 +70,30 @@ async def test_half_open_admits_one_probe_among_ten_concurrent_requests_and_succ
 ) -> None:
     release = asyncio.Event()
 
-    async def handler(request: web.Request) -> web.Response:
+    async def handler(request: web.Request) -> web.StreamResponse:
         if up.hits == 1:
-            return answering(503)
+            return await answering(503)(request)
         async with asyncio.timeout(5):
             await release.wait()
-        return answering(200)
+        return await answering(200)(request)
 
     up = await upstream(handler)
     gw = await gateway(config(up.url, breaker='failures = 1, reset_timeout = "100ms"'))
-    async with http.get(url(gw, "/svc/x")) as response:
-        assert response.status == 503
+    assert await status_of(http, url(gw, "/svc/x")) == 503
     assert (await states(gw))["open"] == 1
     await asyncio.sleep(0.15)
-
-    async def one() -> int:
-        async with http.get(url(gw, "/svc/x")) as response:
-            await response.read()
-            return response.status
-
-    calls = [asyncio.ensure_future(one()) for _ in range(10)]
+    calls = [asyncio.ensure_future(status_of(http, url(gw, "/svc/x"))) for _ in range(10)]
     for _ in range(100):  # the nine rejections come back while the probe is held upstream
         if sum(c.done() for c in calls) == 9:
             break
         await asyncio.sleep(0.02)
     assert up.hits == 2
-    assert await states(gw) == {"closed": 0, "open": 0, "half_open": 1}
+    assert await states(gw) == HALF_OPEN
     release.set()
-    statuses = await asyncio.wait_for(asyncio.gather(*calls), 5)
-    assert sorted(statuses) == [200] + [503] * 9
+    assert sorted(await asyncio.wait_for(asyncio.gather(*calls), 5)) == [200] + [503] * 9
     assert up.hits == 2
-    assert await states(gw) == {"closed": 1, "open": 0, "half_open": 0}
-    async with http.get(url(gw, "/svc/x")) as response:
-        assert response.status == 200
+    assert await states(gw) == CLOSED
+    assert await status_of(http, url(gw, "/svc/x")) == 200
     text = await scrape(gw)
     assert metric(text, REJECTED, route="svc", upstream="svc") == 9
     assert metric(text, REQUESTS, route="svc", upstream="svc", code="", outcome="circuit_open") == 9
@@ -122,47 +103,35 @@ async def test_half_open_admits_one_probe_among_ten_concurrent_requests_and_succ
 async def test_failed_probe_reopens_the_breaker(
     upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
 ) -> None:
-    async def failing(_: web.Request) -> web.Response:
-        return answering(502)
-
-    up = await upstream(failing)
+    up = await upstream(answering(502))
     gw = await gateway(config(up.url, breaker='failures = 1, reset_timeout = "100ms"'))
-    async with http.get(url(gw, "/svc/x")) as response:
-        assert response.status == 502
+    assert await status_of(http, url(gw, "/svc/x")) == 502
     await asyncio.sleep(0.15)
-    async with http.get(url(gw, "/svc/x")) as response:  # the probe
-        assert response.status == 502
-        assert await response.json() == {"from": "upstream"}
-    async with http.get(url(gw, "/svc/x")) as response:
-        assert_problem(response.status, response.headers, await response.read(), 503, route="svc")
-        assert response.headers["Retry-After"] == "1"
+    await upstream_answer(http, url(gw, "/svc/x"), 502)  # the probe
+    assert await rejected(http, url(gw, "/svc/x")) == "1"
     assert up.hits == 2
-    assert await states(gw) == {"closed": 0, "open": 1, "half_open": 0}
+    assert await states(gw) == OPEN
 
 
 async def test_4xx_never_trips_the_breaker(
     upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
 ) -> None:
-    async def missing(_: web.Request) -> web.Response:
-        return answering(404)
-
-    up = await upstream(missing)
+    up = await upstream(answering(404))
     gw = await gateway(config(up.url, breaker='failures = 2, reset_timeout = "10s"'))
-    for _ in range(6):
-        async with http.get(url(gw, "/svc/x")) as response:
-            assert response.status == 404
+    assert await statuses(http, url(gw, "/svc/x"), 6) == [404] * 6
     assert up.hits == 6
     text = await scrape(gw)
     assert metric(text, REJECTED, route="svc", upstream="svc") == 0
     assert metric(text, REQUESTS, route="svc", upstream="svc", code="404", outcome="ok") == 6
-    assert await states(gw) == {"closed": 1, "open": 0, "half_open": 0}
+    assert await states(gw) == CLOSED
 
 
 async def test_connect_refused_trips_the_breaker(gateway: StartGateway, http: aiohttp.ClientSession) -> None:
     gw = await gateway(config(f"http://127.0.0.1:{free_port()}", breaker='failures = 2, reset_timeout = "10s"'))
-    for expected in (502, 502, 503):
+    for _ in range(2):
         async with http.get(url(gw, "/svc/x")) as response:
-            assert_problem(response.status, response.headers, await response.read(), expected, route="svc")
+            await problem_of(response, 502)
+    await rejected(http, url(gw, "/svc/x"))
     text = await scrape(gw)
     assert metric(text, REQUESTS, route="svc", upstream="svc", code="", outcome="connect_error") == 2
     assert metric(text, REQUESTS, route="svc", upstream="svc", code="", outcome="circuit_open") == 1
@@ -171,33 +140,24 @@ async def test_connect_refused_trips_the_breaker(gateway: StartGateway, http: ai
 async def test_a_client_that_goes_away_never_trips_the_breaker(
     upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
 ) -> None:
-    answer = asyncio.Event()
-
-    async def slow(_: web.Request) -> web.Response:
-        async with asyncio.timeout(5):
-            await answer.wait()
-        return answering(200)
-
-    up = await upstream(slow)
+    held, up = await held_upstream(upstream)
     gw = await gateway(config(up.url, breaker='failures = 1, reset_timeout = "10s"'))
     for _ in range(3):
         try:
             async with asyncio.timeout(0.2):
-                async with http.get(url(gw, "/svc/x")) as response:
-                    await response.read()
+                await status_of(http, url(gw, "/svc/x"))
         except TimeoutError:
             pass
-    for _ in range(100):  # the gateway notices each client leaving and cancels the call
-        if metric(await scrape(gw), "gateway_requests_total", route="svc", code="499") == 3:
-            break
-        await asyncio.sleep(0.02)
-    assert metric(await scrape(gw), "gateway_requests_total", route="svc", code="499") == 3
-    answer.set()
-    async with http.get(url(gw, "/svc/x")) as response:
-        assert response.status == 200
+
+    async def all_gone() -> bool:  # the gateway notices each client leaving and cancels the call
+        return await metric_of(gw, "gateway_requests_total", route="svc", code="499") == 3
+
+    await wait_for(all_gone, 2.0, "the gateway did not count the three clients that went away")
+    held.release.set()
+    assert await status_of(http, url(gw, "/svc/x")) == 200
     assert up.hits == 4
-    assert metric(await scrape(gw), REJECTED, route="svc", upstream="svc") == 0
-    assert await states(gw) == {"closed": 1, "open": 0, "half_open": 0}
+    assert await metric_of(gw, REJECTED, route="svc", upstream="svc") == 0
+    assert await states(gw) == CLOSED
 
 
 async def test_a_body_that_breaks_off_after_the_headers_is_not_judged(
@@ -222,58 +182,43 @@ async def test_a_body_that_breaks_off_after_the_headers_is_not_judged(
         except aiohttp.ClientPayloadError:
             pass
     assert up.hits == 3  # never rejected: only the header phase is guarded
-    assert await states(gw) == {"closed": 1, "open": 0, "half_open": 0}
+    assert await states(gw) == CLOSED
 
 
 async def test_scope_target_skips_the_target_whose_breaker_is_open(
     upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
 ) -> None:
-    async def failing(_: web.Request) -> web.Response:
-        return answering(503)
-
-    bad = await upstream(failing)
-    good = await upstream()
+    bad, good = await failing_and_healthy(upstream, 503)
     gw = await gateway(config(bad.url, good.url, breaker='failures = 1, reset_timeout = "10s", scope = "target"'))
-    statuses = []
-    for _ in range(7):
-        async with http.get(url(gw, "/svc/x")) as response:
-            statuses.append(response.status)
-            await response.read()
-    assert statuses == [503] + [200] * 6  # round robin starts with the bad target, then avoids it
+    # round robin starts with the bad target, then avoids it
+    assert await statuses(http, url(gw, "/svc/x"), 7) == [503] + [200] * 6
     assert (bad.hits, good.hits) == (1, 6)
     # One of two circuits open: the upstream is degraded (half_open), not rejecting (open).
-    assert await states(gw) == {"closed": 0, "open": 0, "half_open": 1}
-    assert metric(await scrape(gw), REJECTED, route="svc", upstream="svc") == 0
+    assert await states(gw) == HALF_OPEN
+    assert await metric_of(gw, REJECTED, route="svc", upstream="svc") == 0
 
 
 async def test_reload_keeps_breaker_state_while_the_upstream_config_is_unchanged(
     upstream: StartUpstream, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
-    async def failing(_: web.Request) -> web.Response:
-        return answering(503)
-
-    up = await upstream(failing)
+    up = await upstream(answering(503))
     routes = tmp_path / "routes.toml"
     original = textwrap.dedent(config(up.url, breaker='failures = 1, reset_timeout = "10s"'))
     routes.write_text(original)
     gw = GatewayProcess(load_config(routes), listen="127.0.0.1:0", admin_listen="127.0.0.1:0")
     await gw.start()
     try:
-        async with http.get(url(gw, "/svc/x")) as response:
-            assert response.status == 503
+        assert await status_of(http, url(gw, "/svc/x")) == 503
         assert (await states(gw))["open"] == 1
         routes.write_text(original + '\n[[routes]]\nname = "other"\npath = "/other"\nupstream = "svc"\n')
         assert (await gw.reload())[0]
-        async with http.get(url(gw, "/svc/x")) as response:  # still open: no call reaches the upstream
-            assert_problem(response.status, response.headers, await response.read(), 503, route="svc")
+        await rejected(http, url(gw, "/svc/x"))  # still open: no call reaches the upstream
         assert up.hits == 1
-        assert await states(gw) == {"closed": 0, "open": 1, "half_open": 0}
+        assert await states(gw) == OPEN
         routes.write_text(textwrap.dedent(config(up.url, breaker='failures = 2, reset_timeout = "10s"')))
         assert (await gw.reload())[0]  # the upstream changed: a fresh breaker
-        assert await states(gw) == {"closed": 1, "open": 0, "half_open": 0}
-        async with http.get(url(gw, "/svc/x")) as response:
-            assert response.status == 503
-            assert await response.json() == {"from": "upstream"}
+        assert await states(gw) == CLOSED
+        await upstream_answer(http, url(gw, "/svc/x"), 503)
         assert up.hits == 2
     finally:
         await gw.drain()
@@ -282,64 +227,51 @@ async def test_reload_keeps_breaker_state_while_the_upstream_config_is_unchanged
 @pytest.fixture
 def redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A private redis-server for this test (CI must not skip the Redis tests)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("redis-server is not installed: CI must run the Redis tests")
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    server = RedisServer(binary, tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
+    with running_redis(tmp_path / "redis") as server:
+        yield server
+
+
+def shared_config(target: str, redis: RedisServer) -> str:
+    """A breaker shared through ``redis``: two failures open it for 10 s."""
+    return config(target, breaker='failures = 2, reset_timeout = "10s", shared = true',
+                  gateway=f'redis_url = "{redis.url}"')
 
 
 async def test_shared_breaker_trip_reaches_another_replica_within_a_second(
     upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession, redis: RedisServer
 ) -> None:
-    async def failing(_: web.Request) -> web.Response:
-        return answering(503)
-
-    up = await upstream(failing)
-    text = config(up.url, breaker='failures = 2, reset_timeout = "10s", shared = true')
-    text = f'[gateway]\nredis_url = "{redis.url}"\n' + textwrap.dedent(text)
-    first, second = await gateway(text), await gateway(text)
-    for _ in range(2):
-        async with http.get(url(first, "/svc/x")) as response:
-            assert response.status == 503
+    up = await upstream(answering(503))
+    first, second = await gateway(shared_config(up.url, redis)), await gateway(shared_config(up.url, redis))
+    assert await statuses(http, url(first, "/svc/x"), 2) == [503, 503]
     tripped = time.monotonic()
     while (await states(second))["open"] != 1:
         assert time.monotonic() - tripped < 1.0, "the trip did not reach the other replica within 1 s"
         await asyncio.sleep(0.02)
-    async with http.get(url(second, "/svc/x")) as response:
-        assert_problem(response.status, response.headers, await response.read(), 503, route="svc")
-        assert 1 <= int(response.headers["Retry-After"]) <= 10
+    assert 1 <= int(await rejected(http, url(second, "/svc/x"))) <= 10
     assert up.hits == 2
     assert 0 < int(redis.command("PTTL", "gw:breaker:svc").strip(b":\r\n")) <= 10_000
-    assert metric(await scrape(second), REJECTED, route="svc", upstream="svc") == 1
+    assert await metric_of(second, REJECTED, route="svc", upstream="svc") == 1
 
 
 @pytest.mark.parametrize("outage", ["hung", "refused"])
 async def test_shared_breaker_with_redis_down_never_blocks_traffic_and_still_works_locally(
     upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession, redis: RedisServer, outage: str
 ) -> None:
-    async def failing(_: web.Request) -> web.Response:
-        return answering(503 if up.hits > 5 else 200)
+    async def failing(request: web.Request) -> web.StreamResponse:
+        return await answering(503 if up.hits > 5 else 200)(request)
 
     up = await upstream(failing)
     if outage == "hung":
         redis.blackhole()  # accepts connections, never answers
     else:
         redis.kill()
-    text = config(up.url, breaker='failures = 2, reset_timeout = "10s", shared = true')
-    gw = await gateway(f'[gateway]\nredis_url = "{redis.url}"\n' + textwrap.dedent(text))
-    statuses = []
+    gw = await gateway(shared_config(up.url, redis))
+    seen = []
     for _ in range(8):
         started = time.monotonic()
-        async with http.get(url(gw, "/svc/x")) as response:
-            statuses.append(response.status)
-            await response.read()
+        seen.append(await status_of(http, url(gw, "/svc/x")))
         assert time.monotonic() - started < 0.2
-    assert statuses == [200] * 5 + [503] * 3
+    assert seen == [200] * 5 + [503] * 3
     assert up.hits == 7  # the eighth was rejected by the (local) breaker
     text = await scrape(gw)
     assert metric(text, REJECTED, route="svc", upstream="svc") == 1

@@ -2,77 +2,36 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-
 import aiohttp
-import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from gateway.process import GatewayProcess
-from tests.conftest import StartGateway, StartUpstream, metric, scrape, url
-from tests.support import assert_problem, free_port
+from tests.conftest import StartGateway, StartUpstream
+from tests.support import free_port, metric, metric_of, proxy_config, scrape, url, wait_for
+from tests.support.config import DEFAULT_TIMEOUT
+from tests.support.scraping import problem_of, status_of, statuses
 
 UP = "gateway_upstream_target_up"
 REQUESTS = "gateway_upstream_requests_total"
-StartOnPort = Callable[[int], Awaitable[list[web.Request]]]
 
 
 def config(*targets: str, health: str, extra: str = "") -> str:
-    listed = ", ".join(f'"{t}"' for t in targets)
-    return f"""
-        [upstreams.svc]
-        targets = [{listed}]
-        timeout = {{ connect = "1s", response = "5s" }}
-        health = {{ {health} }}
-        {extra}
-        [[routes]]
-        name = "svc"
-        path = "/svc/{{rest:.*}}"
-        upstream = "svc"
-    """
+    return proxy_config(*targets, upstream=f"{DEFAULT_TIMEOUT}\nhealth = {{ {health} }}\n{extra}")
 
 
 async def target_up(gw: GatewayProcess, target: str) -> float:
-    return metric(await scrape(gw), UP, upstream="svc", target=target)
+    return await metric_of(gw, UP, upstream="svc", target=target)
 
 
-async def wait_for_target(gw: GatewayProcess, target: str, up: float, within: float = 3.0) -> None:
-    for _ in range(int(within / 0.02)):
-        if await target_up(gw, target) == up:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"{target} never became {'up' if up else 'down'}")
+async def wait_for_target(gw: GatewayProcess, target: str, up: float) -> None:
+    async def reached() -> bool:
+        return await target_up(gw, target) == up
 
-
-@pytest.fixture
-async def server_on_port() -> AsyncIterator[StartOnPort]:
-    """Start a plain upstream on a given port (a target coming back); returns what it saw."""
-    servers: list[TestServer] = []
-
-    async def start(port: int) -> list[web.Request]:
-        seen: list[web.Request] = []
-
-        async def handler(request: web.Request) -> web.Response:
-            seen.append(request)
-            return web.json_response({"revived": True})
-
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", handler)
-        server = TestServer(app, host="127.0.0.1", port=port)
-        await server.start_server()
-        servers.append(server)
-        return seen
-
-    yield start
-    for server in servers:
-        await server.close()
+    await wait_for(reached, 3.0, f"{target} never became {'up' if up else 'down'}")
 
 
 async def test_one_dead_target_all_gets_succeed_and_it_recovers_when_back(
-    upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession,
-    server_on_port: StartOnPort,
+    upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
 ) -> None:
     live = await upstream()
     port = free_port()
@@ -82,9 +41,7 @@ async def test_one_dead_target_all_gets_succeed_and_it_recovers_when_back(
         health='path = "/healthz", interval = "100ms", timeout = "200ms", unhealthy_after = 2, healthy_after = 2',
         extra='retry = { attempts = 2, on = ["connect"], backoff = "1ms", max_backoff = "5ms" }',
     ))
-    for _ in range(20):
-        async with http.get(url(gw, "/svc/x")) as response:
-            assert response.status == 200
+    assert await statuses(http, url(gw, "/svc/x"), 20) == [200] * 20
     await wait_for_target(gw, dead, 0)
     assert await target_up(gw, live.url) == 1
     text = await scrape(gw)
@@ -93,12 +50,10 @@ async def test_one_dead_target_all_gets_succeed_and_it_recovers_when_back(
     assert metric(text, REQUESTS, route="svc", upstream="svc", code="200", outcome="ok") == 20
     assert refused <= 2  # marked down after two failures, then skipped
 
-    seen = await server_on_port(port)
+    seen = (await upstream(port=port)).requests
     await wait_for_target(gw, dead, 1)
     assert [r.path for r in seen] and all(r.path == "/healthz" for r in seen)  # brought back by probes
-    for _ in range(4):
-        async with http.get(url(gw, "/svc/x")) as response:
-            assert response.status == 200
+    assert await statuses(http, url(gw, "/svc/x"), 4) == [200] * 4
     assert sum(r.path == "/svc/x" for r in seen) == 2  # round robin again includes it
 
 
@@ -109,7 +64,7 @@ async def test_all_targets_down_is_503_without_calling_them(
     gw = await gateway(config(dead, health='interval = "100ms", timeout = "100ms", unhealthy_after = 1'))
     await wait_for_target(gw, dead, 0)
     async with http.get(url(gw, "/svc/x")) as response:
-        document = assert_problem(response.status, response.headers, await response.read(), 503, route="svc")
+        document = await problem_of(response, 503)
         assert response.headers["Retry-After"] == "1"
     assert "down" in document["detail"]
     text = await scrape(gw)
@@ -126,17 +81,14 @@ async def test_passive_5xx_marks_a_target_down_and_probes_bring_it_back(
     up = await upstream(app)
     gw = await gateway(config(
         up.url, health='path = "/ready", interval = "300ms", unhealthy_after = 2, healthy_after = 2'))
-    for _ in range(2):
-        async with http.get(url(gw, "/svc/x")) as response:
-            assert response.status == 500
+    assert await statuses(http, url(gw, "/svc/x"), 2) == [500, 500]
     assert await target_up(gw, up.url) == 0
     async with http.get(url(gw, "/svc/x")) as response:
-        assert_problem(response.status, response.headers, await response.read(), 503, route="svc")
+        await problem_of(response, 503)
     calls = sum(r.path == "/svc/x" for r in up.requests)
     assert calls == 2
     await wait_for_target(gw, up.url, 1)
-    async with http.get(url(gw, "/svc/x")) as response:
-        assert response.status == 500  # back in rotation: the app answers again
+    assert await status_of(http, url(gw, "/svc/x")) == 500  # back in rotation: the app answers again
     probes = [r for r in up.requests if r.path == "/ready"]
     assert probes and all(r.headers.get("User-Agent") == "gateway-health-check" for r in probes)
 
@@ -145,15 +97,8 @@ async def test_without_health_checks_every_target_stays_up(
     gateway: StartGateway, http: aiohttp.ClientSession
 ) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
-    gw = await gateway(f"""
-        [upstreams.svc]
-        targets = ["{dead}"]
-        [[routes]]
-        name = "svc"
-        path = "/svc/{{rest:.*}}"
-        upstream = "svc"
-    """)
+    gw = await gateway(proxy_config(dead, upstream=""))
     for _ in range(3):  # nothing could bring it back, so nothing marks it down
         async with http.get(url(gw, "/svc/x")) as response:
-            assert_problem(response.status, response.headers, await response.read(), 502, route="svc")
+            await problem_of(response, 502)
     assert await target_up(gw, dead) == 1

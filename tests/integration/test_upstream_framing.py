@@ -10,22 +10,22 @@ then a fuzz run of concurrent clients against an upstream drawing a framing faul
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 import aiohttp
 import pytest
-from multidict import CIMultiDict
 
 from gateway.errors import UpstreamError, UpstreamReset
 from gateway.upstream.http1 import Http1Client
-from tests.conftest import StartGateway, url
+from tests.conftest import StartGateway
+from tests.support import IO_TIMEOUT, proxy_config, read_request_head, url
+from tests.support.edge import exchange, lean_client, send
+from tests.support.raw import RawHandler, raw_server, read_request
 
-IO_TIMEOUT = 5.0
 CLIENT_TIMEOUT = aiohttp.ClientTimeout(total=IO_TIMEOUT)
 POISON_BODY = b'{"poisoned": true}'
 POISON = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(POISON_BODY), POISON_BODY)
@@ -34,95 +34,28 @@ POISON = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(POISON_BODY),
 # --- a raw upstream -------------------------------------------------------------------------
 
 
-@dataclass
-class RawRequest:
-    method: str
-    target: str
-    headers: CIMultiDict[str]
-    body: bytes
-
-
-async def read_request(reader: asyncio.StreamReader) -> RawRequest:
-    """One request as the upstream receives it (a Content-Length body is read too)."""
-    async with asyncio.timeout(IO_TIMEOUT):
-        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
-        line, *fields = head.split("\r\n")
-        headers: CIMultiDict[str] = CIMultiDict()
-        for item in fields:
-            if item:
-                name, _, value = item.partition(":")
-                headers.add(name.strip(), value.strip())
-        method, target, _ = line.split(" ", 2)
-        length = int(headers.get("Content-Length", "0"))
-        body = await reader.readexactly(length) if length else b""
-    return RawRequest(method, target, headers, body)
-
-
 def clean(body: bytes, status: int = 200) -> bytes:
     return b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n%s" % (status, len(body), body)
 
 
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-@dataclass
-class RawUpstream:
-    url: str
-    connections: list[asyncio.StreamWriter] = field(default_factory=list)
-
-
-@contextlib.asynccontextmanager
-async def raw_upstream(handler: Handler) -> AsyncIterator[RawUpstream]:
-    """A TCP server on 127.0.0.1 handling each connection with ``handler``."""
-    tasks: set[asyncio.Task[None]] = set()
-    upstream = RawUpstream("")
-
-    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        upstream.connections.append(writer)
-        task = asyncio.current_task()
-        assert task is not None
-        tasks.add(task)
-        try:
-            await handler(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
-            pass
-        finally:
-            tasks.discard(task)
-            writer.close()
-
-    server = await asyncio.start_server(accept, "127.0.0.1", 0)
-    upstream.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    try:
-        yield upstream
-    finally:
-        server.close()
-        for writer in upstream.connections:
-            writer.transport.abort()  # every handler's next read fails, and it ends
-        if tasks:
-            await asyncio.wait(tasks, timeout=IO_TIMEOUT)
-        await server.wait_closed()
-
-
 async def call(client: Http1Client, target: str, tag: str, method: str = "GET",
                body: bytes | None = None) -> tuple[int, bytes]:
-    loop = asyncio.get_running_loop()
-    response = await client.request(target, method, "/", CIMultiDict({"X-Tag": tag}), body,
-                                    deadline=loop.time() + 2, connect_timeout=1, idle_timeout=2)
-    try:
-        return response.status, await response.read()
-    finally:
-        response.release()
+    status, _, received = await exchange(client, target, method, "/", {"X-Tag": tag}, body)
+    return status, received
 
 
-def first_then_clean(first: bytes, *, close: bool = False) -> Handler:
-    """Answers the request tagged ``first`` with those bytes, any other with its own tag."""
+def first_then_clean(first: bytes | None = None, *, then: RawHandler | None = None, close: bool = False) -> RawHandler:
+    """Answers the request tagged ``first`` with those bytes (by default like any other), any other
+    with its own tag; after the first answer ``then`` runs, and with ``close`` the connection ends."""
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
-            request = await read_request(reader)
-            tag = request.headers["X-Tag"]
-            writer.write(first if tag == "first" else clean(b"tag=" + tag.encode()))
+            tag = (await read_request(reader)).headers["X-Tag"]
+            own = clean(b"tag=" + tag.encode())
+            writer.write(first if tag == "first" and first is not None else own)
             await writer.drain()
+            if tag == "first" and then is not None:
+                await then(reader, writer)
             if tag == "first" and close:
                 return
 
@@ -194,57 +127,43 @@ def _body_for(method: str) -> bytes | None:
 @pytest.mark.parametrize("case", EXACT)
 async def test_an_exactly_framed_answer_leaves_the_connection_reusable(case: str) -> None:
     method, answer, status, body = EXACT[case]
-    client = Http1Client()
-    async with raw_upstream(first_then_clean(answer)) as up:
+    async with lean_client(first_then_clean(answer)) as (client, up):
         assert await call(client, up.url, "first", method, _body_for(method)) == (status, body)
         await asyncio.sleep(0.02)  # anything late would arrive now
         assert await call(client, up.url, "second") == (200, b"tag=second")
         assert len(up.connections) == 1
-    await client.close()
 
 
 @pytest.mark.parametrize("case", INEXACT)
 async def test_bytes_beyond_the_answer_close_the_connection(case: str) -> None:
     method, answer, status, body, close = INEXACT[case]
-    client = Http1Client()
-    async with raw_upstream(first_then_clean(answer, close=close)) as up:
+    async with lean_client(first_then_clean(answer, close=close)) as (client, up):
         assert await call(client, up.url, "first", method, _body_for(method)) == (status, body)
         assert not client._pools[up.url].idle  # never parked
         assert await call(client, up.url, "second") == (200, b"tag=second")
         assert len(up.connections) == 2
-    await client.close()
 
 
 @pytest.mark.parametrize("case", FAILING)
 async def test_a_broken_answer_fails_this_request_only(case: str) -> None:
     answer, error = FAILING[case]
-    client = Http1Client()
-    async with raw_upstream(first_then_clean(answer, close=True)) as up:
+    async with lean_client(first_then_clean(answer, close=True)) as (client, up):
         with pytest.raises(error):
             await call(client, up.url, "first")
         assert await call(client, up.url, "second") == (200, b"tag=second")
         assert len(up.connections) == 2
-    await client.close()
 
 
 @pytest.mark.parametrize("late", [POISON, b"\r\n", b"x", b""], ids=["response", "crlf", "byte", "eof"])
 async def test_a_parked_connection_that_receives_anything_is_dropped_at_once(late: bytes) -> None:
     parked = asyncio.Event()
 
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            tag = (await read_request(reader)).headers["X-Tag"]
-            writer.write(clean(b"tag=" + tag.encode()))
-            await writer.drain()
-            if tag == "first":
-                await parked.wait()
-                if not late:
-                    return  # the end of the stream while parked
-                writer.write(late)
-                await writer.drain()
+    async def send_late(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await parked.wait()
+        writer.write(late)  # nothing at all for "eof": the end of the stream while parked
+        await writer.drain()
 
-    client = Http1Client()
-    async with raw_upstream(serve) as up:
+    async with lean_client(first_then_clean(then=send_late, close=not late)) as (client, up):
         assert await call(client, up.url, "first") == (200, b"tag=first")
         pool = client._pools[up.url]
         assert len(pool.idle) == 1
@@ -257,100 +176,72 @@ async def test_a_parked_connection_that_receives_anything_is_dropped_at_once(lat
         assert not pool.idle and conn.closed
         assert await call(client, up.url, "second") == (200, b"tag=second")
         assert len(up.connections) == 2
-    await client.close()
 
 
-async def test_bytes_after_the_answer_but_before_release_close_the_connection() -> None:
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            tag = (await read_request(reader)).headers["X-Tag"]
-            writer.write(clean(b"tag=" + tag.encode()))
-            await writer.drain()
-            if tag == "first":
-                await asyncio.sleep(0.02)
-                writer.write(POISON)
-                await writer.drain()
-
-    client = Http1Client()
-    async with raw_upstream(serve) as up:
-        loop = asyncio.get_running_loop()
-        response = await client.request(up.url, "GET", "/", CIMultiDict({"X-Tag": "first"}), None,
-                                        deadline=loop.time() + 2, connect_timeout=1, idle_timeout=2)
-        await asyncio.sleep(0.1)  # the client is slow to read: the stray answer arrives meanwhile
-        assert (response.status, await response.read()) == (200, b"tag=first")
-        response.release()
-        assert not client._pools[up.url].idle
-        assert await call(client, up.url, "second") == (200, b"tag=second")
-    await client.close()
+async def poison_soon(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await asyncio.sleep(0.02)
+    writer.write(POISON)
+    await writer.drain()
 
 
-async def test_an_answer_before_the_streamed_request_body_was_sent_closes_the_connection() -> None:
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        request = await read_request(reader)  # the chunked body is left unread
-        writer.write(clean(b"tag=" + request.headers["X-Tag"].encode()))
-        await writer.drain()
-        await reader.read()  # and never answers again on this connection
+async def never_again(reader: asyncio.StreamReader, _: asyncio.StreamWriter) -> None:
+    await reader.read()  # the rest of the request is left unread, and nothing more is answered
 
-    async def slow_body() -> AsyncIterator[bytes]:
-        yield b"part one"
-        await asyncio.sleep(0.1)
-        yield b"part two"
 
-    client = Http1Client()
-    async with raw_upstream(serve) as up:
-        loop = asyncio.get_running_loop()
-        response = await client.request(up.url, "POST", "/upload", CIMultiDict({"X-Tag": "first"}), slow_body(),
-                                        deadline=loop.time() + 2, connect_timeout=1, idle_timeout=2)
-        await asyncio.sleep(0.2)  # the body is all sent after the answer came, before release
+async def slow_body() -> AsyncIterator[bytes]:
+    yield b"part one"
+    await asyncio.sleep(0.1)
+    yield b"part two"
+
+
+@pytest.mark.parametrize(("then", "method", "path", "body", "delay"), [
+    # the client is slow to read: the stray answer arrives meanwhile
+    pytest.param(poison_soon, "GET", "/", None, 0.1, id="bytes-after-the-answer"),
+    # the chunked body is all sent after the answer came, before release
+    pytest.param(never_again, "POST", "/upload", slow_body, 0.2, id="answer-before-the-streamed-body"),
+])
+async def test_what_happens_between_the_answer_and_its_release_closes_the_connection(
+    then: RawHandler, method: str, path: str, body: Callable[[], AsyncIterator[bytes]] | None, delay: float
+) -> None:
+    async with lean_client(first_then_clean(then=then)) as (client, up):
+        response = await send(client, up.url, method, path, {"X-Tag": "first"}, body() if body else None)
+        await asyncio.sleep(delay)
         assert (response.status, await response.read()) == (200, b"tag=first")
         response.release()
         assert not client._pools[up.url].idle
         assert await call(client, up.url, "second") == (200, b"tag=second")
         assert len(up.connections) == 2
-    await client.close()
 
 
 async def test_an_answer_before_a_large_request_body_was_sent_closes_the_connection() -> None:
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        async with asyncio.timeout(IO_TIMEOUT):
-            await reader.readuntil(b"\r\n\r\n")  # the body is never read
+        await read_request_head(reader)  # the body is never read
         writer.write(b"HTTP/1.1 413 Too Large\r\nContent-Length: 0\r\n\r\n")
         await writer.drain()
         await reader.read()  # only once the answer went out
 
-    client = Http1Client()
-    async with raw_upstream(serve) as up:
+    async with lean_client(serve) as (client, up):
         status, body = await call(client, up.url, "first", "POST", b"x" * (32 * 1024 * 1024))
         assert (status, body) == (413, b"")
         assert not client._pools[up.url].idle
-    await client.close()
 
 
 async def test_an_answer_split_inside_its_last_line_is_read_whole() -> None:
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            tag = (await read_request(reader)).headers["X-Tag"]
-            answer = CHUNKED if tag == "first" else clean(b"tag=" + tag.encode())
-            for part in (answer[:-3], answer[-3:]) if tag == "first" else (answer,):
-                writer.write(part)
-                await writer.drain()
-                await asyncio.sleep(0.01)
+    async def rest_of_it(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(0.01)
+        writer.write(CHUNKED[-3:])
+        await writer.drain()
 
-    client = Http1Client()
-    async with raw_upstream(serve) as up:
+    async with lean_client(first_then_clean(CHUNKED[:-3], then=rest_of_it)) as (client, up):
         assert await call(client, up.url, "first") == (200, b"abc")
         assert await call(client, up.url, "second") == (200, b"tag=second")
-    await client.close()
 
 
 async def test_a_large_answer_followed_by_another_is_not_reused() -> None:
     big = b"x" * (600 * 1024)  # past the read pause threshold
 
-    client = Http1Client()
-    async with raw_upstream(first_then_clean(clean(big) + POISON)) as up:
-        loop = asyncio.get_running_loop()
-        response = await client.request(up.url, "GET", "/", CIMultiDict({"X-Tag": "first"}), None,
-                                        deadline=loop.time() + 2, connect_timeout=1, idle_timeout=2)
+    async with lean_client(first_then_clean(clean(big) + POISON)) as (client, up):
+        response = await send(client, up.url, "GET", "/", {"X-Tag": "first"})
         received = b""
         async for chunk in response:
             received += chunk
@@ -359,25 +250,14 @@ async def test_a_large_answer_followed_by_another_is_not_reused() -> None:
         assert received == big
         assert await call(client, up.url, "second") == (200, b"tag=second")
         assert len(up.connections) == 2
-    await client.close()
 
 
 # --- through the gateway ------------------------------------------------------------------
 
 
 def gateway_config(target: str) -> str:
-    return f"""
-        [gateway]
-        timeout = "3s"
-        [upstreams.svc]
-        targets = ["{target}"]
-        timeout = {{ connect = "1s", response = "2s", idle = "1s" }}
-        [[routes]]
-        name = "svc"
-        path = "/svc/{{rest:.*}}"
-        upstream = "svc"
-        rewrite = "/{{rest}}"
-    """
+    return proxy_config(target, rewrite="/{rest}", gateway='timeout = "3s"',
+                        upstream='timeout = { connect = "1s", response = "2s", idle = "1s" }')
 
 
 def own_body(tag: str) -> bytes:
@@ -408,7 +288,7 @@ async def test_a_poisoned_connection_never_answers_another_client(gateway: Start
                 await writer.drain()
                 late_sent.set()
 
-    async with raw_upstream(serve) as up, aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as http:
+    async with raw_server(serve) as up, aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as http:
         gw = await gateway(gateway_config(up.url))
 
         async def get(tag: str, method: str = "GET") -> tuple[int, bytes]:
@@ -532,7 +412,7 @@ async def test_fuzz_concurrent_clients_only_ever_get_their_own_answer(gateway: S
                 return request_id, CUT, b"", ""
             return request_id, response.status, body, response.headers.get("Content-Type", "")
 
-    async with (raw_upstream(serve) as up, aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as http,
+    async with (raw_server(serve) as up, aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as http,
                 asyncio.timeout(max(10.0, FUZZ_ROUNDS * 0.5))):
         gw = await gateway(gateway_config(up.url))
         gw_url = url(gw, "/svc/fuzz")

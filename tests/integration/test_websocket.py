@@ -5,7 +5,8 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import WSMsgType, web
 
-from tests.conftest import StartGateway, StartUpstream, url
+from tests.conftest import StartGateway, StartUpstream
+from tests.support import free_port, proxy_config, url
 
 
 async def _echo_ws(request: web.Request) -> web.StreamResponse:
@@ -20,15 +21,7 @@ async def _echo_ws(request: web.Request) -> web.StreamResponse:
 
 
 def _config(upstream_url: str, websocket: bool) -> str:
-    return f"""
-        [upstreams.ws]
-        targets = ["{upstream_url}"]
-        [[routes]]
-        name = "ws"
-        path = "/ws"
-        upstream = "ws"
-        websocket = {str(websocket).lower()}
-    """
+    return proxy_config(upstream_url, name="ws", path="/ws", upstream="", route=f"websocket = {str(websocket).lower()}")
 
 
 async def test_websocket_messages_flow_both_ways(
@@ -60,8 +53,6 @@ async def test_websocket_upgrade_is_not_proxied_unless_enabled(
 async def test_websocket_upstream_down_is_a_502_problem(
     gateway: StartGateway, http: aiohttp.ClientSession
 ) -> None:
-    from tests.support import free_port
-
     gw = await gateway(_config(f"http://127.0.0.1:{free_port()}", True))
     async with http.get(url(gw, "/ws"), headers={"Upgrade": "websocket", "Connection": "Upgrade",
                                                 "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",

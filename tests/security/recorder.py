@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import unquote
 
-from tests.support import RawResponse, raw_exchange
+from tests.conftest import StartGateway
+from tests.support import RawResponse, plugin_table, proxy_config, raw_exchange
+from tests.support.auth import route
 
 IO_TIMEOUT = 5.0  # seconds any single upstream read may take
 MAX_REQUESTS_PER_CONNECTION = 1_000
@@ -142,34 +145,18 @@ async def recording_upstream() -> AsyncIterator[Recorder]:
 
 # --- configs ------------------------------------------------------------------------------
 
+CONSUMER = f'[consumers.alice]\napi_keys = ["{KEY}"]\n'
+
 
 def config(
     target: str, *, catch_all: bool = False, routes: str = "", gateway: str = "", private_plugins: str = ""
 ) -> str:
     """Sibling routes on one upstream: ``/public/...`` open, ``/private/...`` behind an
     API key, optionally a public catch-all declared after the protected route."""
-    catch = '[[routes]]\nname = "all"\npath = "/{tail:.*}"\nupstream = "files"\n' if catch_all else ""
-    return f"""
-[gateway]
-{gateway}
-[upstreams.files]
-targets = ["{target}"]
-[consumers.alice]
-api_keys = ["{KEY}"]
-[[routes]]
-name = "public"
-path = "/public/{{tail:.*}}"
-upstream = "files"
-[[routes]]
-name = "private"
-path = "/private/{{tail:.*}}"
-upstream = "files"
-[[routes.plugins]]
-use = "api_key"
-{private_plugins}
-{routes}
-{catch}
-"""
+    private = route("private", "/private/{tail:.*}", plugin_table("api_key"), private_plugins)
+    catch = route("all", "/{tail:.*}") if catch_all else ""
+    return proxy_config(target, name="public", path="/public/{tail:.*}", gateway=gateway, upstream="",
+                        after="".join([private, routes, catch, CONSUMER]))
 
 
 # --- the client side ----------------------------------------------------------------------
@@ -188,12 +175,30 @@ def request_bytes(
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
 
 
-async def send(
-    port: int, target: str, *, method: str = "GET", headers: list[tuple[str, str]] | None = None,
-    host: str | None = "gw.example", body: bytes | None = None,
-) -> RawResponse:
-    """One raw request on its own connection."""
-    return await raw_exchange(port, request_bytes(target, method=method, headers=headers, host=host, body=body))
+@dataclass
+class Front:
+    """The gateway under test in front of the recorder; ``send`` starts it with the default
+    ``config`` unless ``start`` was called with other options first."""
+
+    recorder: Recorder
+    start_gateway: StartGateway
+    port: int = 0
+
+    async def start(self, **options: Any) -> None:
+        """Start it with ``config(recorder.url, **options)``."""
+        self.port = (await self.start_gateway(config(self.recorder.url, **options))).port
+
+    async def send(
+        self, target: str, *, method: str = "GET", headers: list[tuple[str, str]] | None = None,
+        host: str | None = "gw.example", body: bytes | None = None,
+    ) -> RawResponse:
+        return await self.exchange(request_bytes(target, method=method, headers=headers, host=host, body=body))
+
+    async def exchange(self, request: bytes) -> RawResponse:
+        """Send ``request`` byte for byte on a new connection."""
+        if not self.port:
+            await self.start()
+        return await raw_exchange(self.port, request)
 
 
 def is_problem(response: RawResponse) -> bool:
@@ -204,6 +209,20 @@ def assert_refused(response: RawResponse, status: int) -> None:
     """The gateway answered ``status`` itself, as a problem document."""
     assert response.status == status, (response.status, response.body[:300])
     assert is_problem(response), response.headers
+
+
+def assert_outcome(response: RawResponse, recorder: Recorder, status: int, upstream: Sequence[str]) -> None:
+    """The client got ``status`` (the gateway's problem for an error, the upstream's body
+    otherwise) and the upstream received exactly the ``upstream`` request-targets, all clean
+    and none of them on ``/private``."""
+    if status >= 400:
+        assert_refused(response, status)
+    else:
+        assert response.status == status, (response.status, response.body[:300])
+        assert response.body == UPSTREAM_BODY
+    assert recorder.targets == list(upstream)
+    assert_upstream_clean(recorder)
+    assert_no_private(recorder)
 
 
 # --- the check ----------------------------------------------------------------------------

@@ -5,16 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import StartGateway
-from tests.security.recorder import (
-    KEY,
-    Recorder,
-    assert_no_private,
-    assert_refused,
-    assert_upstream_clean,
-    config,
-    send,
-)
+from tests.security.recorder import KEY, Front, Recorder, assert_no_private, assert_refused, assert_upstream_clean
+from tests.support import plugin_table
 
 # What the upstream gets for the gateway's own headers, whatever the client sent.
 GATEWAY_OWN = {
@@ -65,18 +57,16 @@ def _assert_none_of_the_clients(recorder: Recorder, name: str, value: str) -> No
 
 @pytest.mark.parametrize(("name", "value"), OWNED)
 async def test_owned_header_from_the_client_never_reaches_the_upstream(
-    name: str, value: str, gateway: StartGateway, recorder: Recorder
+    name: str, value: str, front: Front, recorder: Recorder
 ) -> None:
-    gw = await gateway(config(recorder.url))
-    response = await send(gw.port, "/public/x", headers=[(name, value)])
+    response = await front.send("/public/x", headers=[(name, value)])
     assert response.status == 200
     _assert_none_of_the_clients(recorder, name, value)
 
 
-async def test_all_owned_headers_at_once(gateway: StartGateway, recorder: Recorder) -> None:
-    gw = await gateway(config(recorder.url))
+async def test_all_owned_headers_at_once(front: Front, recorder: Recorder) -> None:
     sent = [(str(p.values[0]), str(p.values[1])) for p in OWNED]
-    response = await send(gw.port, "/public/x", headers=sent)
+    response = await front.send("/public/x", headers=sent)
     assert response.status == 200
     received = recorder.requests[0]
     for canonical, values in GATEWAY_OWN.items():
@@ -97,10 +87,9 @@ async def test_all_owned_headers_at_once(gateway: StartGateway, recorder: Record
     ],
 )
 async def test_consumer_headers_are_the_gateways_on_the_protected_route(
-    name: str, value: str, gateway: StartGateway, recorder: Recorder
+    name: str, value: str, front: Front, recorder: Recorder
 ) -> None:
-    gw = await gateway(config(recorder.url))
-    response = await send(gw.port, "/private/x", headers=[(name, value), ("X-API-Key", KEY)])
+    response = await front.send("/private/x", headers=[(name, value), ("X-API-Key", KEY)])
     assert response.status == 200
     received = recorder.requests[0]
     assert received.all("X-Consumer") == ["alice"]
@@ -113,27 +102,26 @@ async def test_consumer_headers_are_the_gateways_on_the_protected_route(
     [pytest.param("X_API_Key", id="underscores"), pytest.param("X-API_Key", id="one-underscore")],
 )
 async def test_key_under_an_underscore_name_does_not_count(
-    name: str, gateway: StartGateway, recorder: Recorder
+    name: str, front: Front, recorder: Recorder
 ) -> None:
-    gw = await gateway(config(recorder.url))
-    response = await send(gw.port, "/private/x", headers=[(name, KEY)])
+    response = await front.send("/private/x", headers=[(name, KEY)])
     assert_refused(response, 401)
     assert recorder.requests == []
 
 
-async def test_underscores_reject(gateway: StartGateway, recorder: Recorder) -> None:
-    gw = await gateway(config(recorder.url, gateway='underscores_in_headers = "reject"'))
-    response = await send(gw.port, "/public/x", headers=[("X_Foo", "bar")])
+async def test_underscores_reject(front: Front, recorder: Recorder) -> None:
+    await front.start(gateway='underscores_in_headers = "reject"')
+    response = await front.send("/public/x", headers=[("X_Foo", "bar")])
     assert_refused(response, 400)
     assert recorder.requests == []
-    response = await send(gw.port, "/public/x", headers=[("X-Foo", "bar")])
+    response = await front.send("/public/x", headers=[("X-Foo", "bar")])
     assert response.status == 200
     assert recorder.requests[0].all("X-Foo") == ["bar"]
 
 
-async def test_underscores_allow(gateway: StartGateway, recorder: Recorder) -> None:
-    gw = await gateway(config(recorder.url, gateway='underscores_in_headers = "allow"'))
-    response = await send(gw.port, "/public/x", headers=[("X_Foo", "bar")])
+async def test_underscores_allow(front: Front, recorder: Recorder) -> None:
+    await front.start(gateway='underscores_in_headers = "allow"')
+    response = await front.send("/public/x", headers=[("X_Foo", "bar")])
     assert response.status == 200
     assert [(k, v) for k, v in recorder.requests[0].headers if k.lower() == "x_foo"] == [("X_Foo", "bar")]
     assert_upstream_clean(recorder, underscores_allowed=True)
@@ -141,7 +129,7 @@ async def test_underscores_allow(gateway: StartGateway, recorder: Recorder) -> N
 
 # --- Connection naming headers ------------------------------------------------------------
 
-SET_BY_PLUGIN = '[[routes.plugins]]\nuse = "headers"\nrequest = { set = { "X-Set-By-Plugin" = "1" } }\n'
+SET_BY_PLUGIN = plugin_table("headers", request='{ set = { "X-Set-By-Plugin" = "1" } }')
 
 
 # The last two cases of each test below send the Connection header as two lines, the first
@@ -158,11 +146,10 @@ SET_BY_PLUGIN = '[[routes.plugins]]\nuse = "headers"\nrequest = { set = { "X-Set
     ],
 )
 async def test_connection_naming_the_key_removes_it_before_auth(
-    lines: list[str], gateway: StartGateway, recorder: Recorder
+    lines: list[str], front: Front, recorder: Recorder
 ) -> None:
-    gw = await gateway(config(recorder.url))
     headers = [("Connection", lines[0]), ("X-API-Key", KEY), *[("Connection", line) for line in lines[1:]]]
-    response = await send(gw.port, "/private/x", headers=headers)
+    response = await front.send("/private/x", headers=headers)
     assert_refused(response, 401)
     assert recorder.requests == []
     assert_no_private(recorder)
@@ -179,11 +166,11 @@ async def test_connection_naming_the_key_removes_it_before_auth(
     ],
 )
 async def test_header_set_by_a_plugin_survives_connection_naming_it(
-    lines: list[str], extra: list[tuple[str, str]], gateway: StartGateway, recorder: Recorder
+    lines: list[str], extra: list[tuple[str, str]], front: Front, recorder: Recorder
 ) -> None:
-    gw = await gateway(config(recorder.url, private_plugins=SET_BY_PLUGIN))
+    await front.start(private_plugins=SET_BY_PLUGIN)
     headers = [("X-API-Key", KEY), *[("Connection", line) for line in lines], *extra]
-    response = await send(gw.port, "/private/x", headers=headers)
+    response = await front.send("/private/x", headers=headers)
     assert response.status == 200
     received = recorder.requests[0]
     assert received.all("X-Set-By-Plugin") == ["1"]

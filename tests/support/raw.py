@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from multidict import CIMultiDict
 
@@ -119,28 +119,80 @@ def parse_request_head(head: bytes) -> RawHead:
     return RawHead(line, CIMultiDict(headers))
 
 
+@dataclass
+class RawRequest:
+    """A request as a raw upstream received it, with its Content-Length body."""
+
+    method: str
+    target: str
+    headers: CIMultiDict[str]
+    body: bytes
+
+
+async def read_request(reader: asyncio.StreamReader) -> RawRequest:
+    """A raw upstream's view of one whole request: head, and the body its Content-Length announces."""
+    head = parse_request_head(await read_request_head(reader))
+    method, target, _ = head.request_line.split(" ", 2)
+    length = int(head.headers.get("Content-Length", "0"))
+    async with asyncio.timeout(IO_TIMEOUT):
+        body = await reader.readexactly(length) if length else b""
+    return RawRequest(method, target, head.headers, body)
+
+
 RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
+@dataclass
+class RawServer:
+    """A raw TCP server: its URL and every connection it accepted, in order."""
+
+    url: str
+    connections: list[asyncio.StreamWriter] = field(default_factory=list)
+
+
 @contextlib.asynccontextmanager
-async def raw_upstream(handler: RawHandler) -> AsyncIterator[str]:
-    """A TCP server on 127.0.0.1 whose connections are handled by ``handler``; yields its URL."""
+async def raw_server(handler: RawHandler, *, cut_on_exit: bool = True) -> AsyncIterator[RawServer]:
+    """A TCP server on 127.0.0.1 whose connections are handled by ``handler``.
+
+    On leaving, the connections still open are cut (unless ``cut_on_exit`` is false) and their
+    handlers given up to ``IO_TIMEOUT`` to end, so that none outlives the test.
+    """
+    tasks: set[asyncio.Task[None]] = set()
+    raw = RawServer("")
 
     async def guarded(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raw.connections.append(writer)
+        task = asyncio.current_task()
+        assert task is not None
+        tasks.add(task)
         try:
             await handler(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
             pass
         finally:
+            tasks.discard(task)
             writer.close()
 
     server = await asyncio.start_server(guarded, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
+    raw.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield raw
     finally:
         server.close()
+        if cut_on_exit:
+            for writer in raw.connections:
+                writer.transport.abort()  # every handler's next read fails, and it ends
+            if tasks:
+                await asyncio.wait(tasks, timeout=IO_TIMEOUT)
         await server.wait_closed()
+
+
+@contextlib.asynccontextmanager
+async def raw_upstream(handler: RawHandler) -> AsyncIterator[str]:
+    """A TCP server on 127.0.0.1 whose connections are handled by ``handler``; yields its URL.
+    Connections still open on leaving are left to their peers."""
+    async with raw_server(handler, cut_on_exit=False) as raw:
+        yield raw.url
 
 
 async def raw_status(port: int, request: bytes) -> int:

@@ -6,12 +6,14 @@ instead, because CI must not skip the Redis tests.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -104,3 +106,15 @@ class RedisServer:
         self.end_blackhole()
         self.thaw()
         self.kill()
+
+
+@contextlib.contextmanager
+def running_redis(directory: Path) -> Iterator[RedisServer]:
+    """A private redis-server for the length of the block (skipped, or under CI failed, without
+    the binary), stopped at the end whatever the block did to it."""
+    server = RedisServer(redis_binary(), directory)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -3,35 +3,30 @@
 from __future__ import annotations
 
 import json
-import textwrap
 from typing import Any
 
-import bcrypt
 import pytest
 
 from gateway.admin import redacted_config
-from gateway.config_load import load_text
 from gateway.redaction import REDACTED, credential_header, hide_url_passwords
-
-UPSTREAM = """
-[upstreams.users]
-targets = ["http://127.0.0.1:9001"]
-"""
+from tests.support import plugin_table
+from tests.support.tokens import bcrypt_hash
+from tests.support.units import USERS, load
+from tests.support.units import users_route as route
 
 
 def shown(toml: str, env: dict[str, str] | None = None) -> Any:
-    loaded = load_text(textwrap.dedent(toml), "routes.toml", env or {})
-    return redacted_config(loaded)
+    return redacted_config(load(toml, env))
 
 
-def route(plugins: str = "") -> str:
-    return UPSTREAM + f"""
-[[routes]]
-name = "r"
-path = "/r"
-upstream = "users"
-{plugins}
-"""
+def steps_route(headers: str) -> str:
+    """A route ``o`` whose one step calls ``users`` with ``headers`` (a TOML inline table)."""
+    return ('[[routes]]\nname = "o"\npath = "/o"\n'
+            f'[[routes.steps]]\nname = "s"\nupstream = "users"\npath = "/s"\nheaders = {headers}\n')
+
+
+def jwt_plugin(secret: str) -> str:
+    return plugin_table("jwt", secret=secret, algorithms='["HS256"]')
 
 
 def test_values_from_the_environment_are_hidden() -> None:
@@ -53,16 +48,8 @@ def test_consumer_api_keys_are_hidden() -> None:
 
 
 def test_plugin_options_named_like_secrets_are_hidden() -> None:
-    hashed = bcrypt.hashpw(b"wonderland", bcrypt.gensalt(rounds=4)).decode()
-    config = shown(route(f"""
-        [[routes.plugins]]
-        use = "jwt"
-        secret = "hs256-shared-secret"
-        algorithms = ["HS256"]
-        [[routes.plugins]]
-        use = "basic_auth"
-        users = {{ alice = "{hashed}" }}
-    """))
+    basic_auth = plugin_table("basic_auth", users=f'{{ alice = "{bcrypt_hash("wonderland")}" }}')
+    config = shown(route(jwt_plugin('"hs256-shared-secret"') + "\n" + basic_auth))
     jwt, basic = config["routes"][0]["plugins"]
     assert jwt["secret"] == REDACTED
     assert jwt["algorithms"] == ["HS256"]
@@ -165,50 +152,20 @@ def test_credential_headers_set_by_the_headers_plugin_are_hidden() -> None:
 
 
 def test_credential_headers_of_orchestration_steps_are_hidden() -> None:
-    config = shown(UPSTREAM + """
-        [[routes]]
-        name = "o"
-        path = "/o"
-        [[routes.steps]]
-        name = "user"
-        upstream = "users"
-        path = "/users/1"
-        headers = { Authorization = "Bearer step-token", X-Service-Key = "k-123", Accept-Language = "en" }
-    """)
+    config = shown(USERS + steps_route(
+        '{ Authorization = "Bearer step-token", X-Service-Key = "k-123", Accept-Language = "en" }'))
     headers = config["routes"][0]["steps"][0]["headers"]
     assert headers == {"Authorization": REDACTED, "X-Service-Key": REDACTED, "Accept-Language": "en"}
 
 
 def test_nothing_secret_survives_anywhere_in_the_output() -> None:
     secrets = ["env-jwt-secret", "alice-key", "admin-tok", "redispw", "hdr-token", "step-token", "tenantpw"]
-    text = json.dumps(shown("""
-        [gateway]
-        admin_token = "admin-tok"
-        redis_url = "redis://default:redispw@redis:6379/0"
-        [upstreams.users]
-        targets = ["http://127.0.0.1:9001"]
-        [[routes]]
-        name = "r"
-        path = "/r"
-        upstream = "users"
-        [[routes.plugins]]
-        use = "jwt"
-        secret = "${JWT_SECRET}"
-        algorithms = ["HS256"]
-        [[routes.plugins]]
-        use = "headers"
-        request.set = { X-Auth-Token = "hdr-token", X-Callback = "http://cb:tenantpw@hooks.example/in" }
-        [[routes]]
-        name = "o"
-        path = "/o"
-        [[routes.steps]]
-        name = "s"
-        upstream = "users"
-        path = "/s"
-        headers = { authorization = "step-token" }
-        [consumers.alice]
-        api_keys = ["alice-key"]
-    """, {"JWT_SECRET": "env-jwt-secret"}))
+    gateway = '[gateway]\nadmin_token = "admin-tok"\nredis_url = "redis://default:redispw@redis:6379/0"\n'
+    request_set = '{ X-Auth-Token = "hdr-token", X-Callback = "http://cb:tenantpw@hooks.example/in" }'
+    plugins = [jwt_plugin('"${JWT_SECRET}"'), plugin_table("headers", **{"request.set": request_set})]
+    steps = steps_route('{ authorization = "step-token" }')
+    everything = route("\n".join([*plugins, steps, '[consumers.alice]\napi_keys = ["alice-key"]']))
+    text = json.dumps(shown(gateway + everything, {"JWT_SECRET": "env-jwt-secret"}))
     for secret in secrets:
         assert secret not in text, secret
     assert "redis://default:<redacted>@redis:6379/0" in text

@@ -137,17 +137,17 @@ async def test_query_only_ignores_the_header() -> None:
 
 
 @pytest.mark.parametrize(
-    ("query", "name", "expected"),
+    ("query", "expected"),
     [
-        ("apikey=k", "apikey", ""),
-        ("a=1&apikey=k&apikey=j&b=2", "apikey", "a=1&b=2"),
-        ("api%6Bey=k&a=%2B", "apikey", "a=%2B"),
-        ("apikeyx=1&xapikey=2", "apikey", "apikeyx=1&xapikey=2"),
-        ("flag&apikey", "apikey", "flag"),
+        ("apikey=k", ""),
+        ("a=1&apikey=k&apikey=j&b=2", "a=1&b=2"),
+        ("api%6Bey=k&a=%2B", "a=%2B"),
+        ("apikeyx=1&xapikey=2", "apikeyx=1&xapikey=2"),
+        ("flag&apikey", "flag"),
     ],
 )
-def test_without_query_param(query: str, name: str, expected: str) -> None:
-    assert without_query_param(query, name) == expected
+def test_without_query_param(query: str, expected: str) -> None:
+    assert without_query_param(query, "apikey") == expected
 
 
 async def test_failure_children_are_bound_per_route_at_zero() -> None:

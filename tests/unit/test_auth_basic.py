@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from gateway.config_load import ConfigError, load_text
 from gateway.metrics import Metrics
 from gateway.testing import FakeUpstream, ValidationError, build_plugin, make_request, run_plugin
 from plugins.basic_auth import BasicAuth, make_verifier, parse_basic
 from tests.support.tokens import basic, bcrypt_hash, pbkdf2_hash
+from tests.support.units import config_error, plugin_route
 
 USERS = {"alice": bcrypt_hash("wonderland"), "bob": pbkdf2_hash("builder")}
 
@@ -98,8 +98,8 @@ async def test_password_with_a_colon_and_unicode() -> None:
     assert response.status == 200
 
 
-async def test_a_verified_credential_is_not_hashed_again_but_a_wrong_one_is() -> None:
-    auth = plugin()
+def hashed_passwords(auth: BasicAuth) -> list[bytes]:
+    """Every password bob's verifier is asked to hash from now on."""
     calls: list[bytes] = []
     real = auth._users["bob"]
 
@@ -108,25 +108,25 @@ async def test_a_verified_credential_is_not_hashed_again_but_a_wrong_one_is() ->
         return real(password)
 
     auth._users["bob"] = counting
-    for _ in range(3):
-        assert (await run_plugin(auth, make_request(headers=basic("bob", "builder")))).status == 200
-    for _ in range(2):
-        assert (await run_plugin(auth, make_request(headers=basic("bob", "nope")))).status == 401
+    return calls
+
+
+async def statuses(auth: BasicAuth, password: str, times: int) -> list[int]:
+    return [(await run_plugin(auth, make_request(headers=basic("bob", password)))).status for _ in range(times)]
+
+
+async def test_a_verified_credential_is_not_hashed_again_but_a_wrong_one_is() -> None:
+    auth = plugin()
+    calls = hashed_passwords(auth)
+    assert await statuses(auth, "builder", 3) == [200] * 3
+    assert await statuses(auth, "nope", 2) == [401] * 2
     assert calls == [b"builder", b"nope", b"nope"]
 
 
 async def test_cache_size_zero_hashes_every_time() -> None:
     auth = plugin(cache_size=0)
-    calls: list[bytes] = []
-    real = auth._users["bob"]
-
-    def counting(password: bytes) -> bool:
-        calls.append(password)
-        return real(password)
-
-    auth._users["bob"] = counting
-    for _ in range(2):
-        assert (await run_plugin(auth, make_request(headers=basic("bob", "builder")))).status == 200
+    calls = hashed_passwords(auth)
+    assert await statuses(auth, "builder", 2) == [200] * 2
     assert len(calls) == 2
 
 
@@ -141,20 +141,9 @@ def test_htpasswd_style_2y_bcrypt_hashes_work() -> None:
     "pbkdf2_sha1$1000$salt$aGFzaGhhc2hoYXNoaGFzaA==", "md5$abc",
 ])
 def test_anything_but_a_hash_is_refused_naming_the_user_not_the_value(value: str) -> None:
-    toml = """
-        [upstreams.svc]
-        targets = ["http://127.0.0.1:9"]
-        [[routes]]
-        name = "svc"
-        path = "/svc"
-        upstream = "svc"
-          [[routes.plugins]]
-          use = "basic_auth"
-          users = { alice = "${ALICE_HASH}", carol = "${CAROL_PASSWORD}" }
-    """
-    with pytest.raises(ConfigError) as info:
-        load_text(toml, "routes.toml", {"ALICE_HASH": USERS["alice"], "CAROL_PASSWORD": value})
-    assert info.value.lines() == [
+    toml = plugin_route("basic_auth", users='{ alice = "${ALICE_HASH}", carol = "${CAROL_PASSWORD}" }')
+    error = config_error(toml, {"ALICE_HASH": USERS["alice"], "CAROL_PASSWORD": value})
+    assert error.lines() == [
         "routes.toml: routes[0].plugins[0] (basic_auth).users: user 'carol': the password is not a bcrypt "
         "hash ($2b$...) or pbkdf2_sha256$<iterations>$<salt>$<base64 hash>"
         + (" (the hash is not valid base64)" if value.endswith("aAx") else "")

@@ -15,18 +15,18 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from gateway.clients import Clients
 from gateway.config_load import ConfigError, load_text
 from gateway.config_model import ConsumerConfig
 from gateway.metrics import Metrics
-from gateway.plugin import ClientHolder
 from gateway.runtime import Runtime
 from gateway.testing import FakeUpstream, ValidationError, build_plugin, make_request, run_plugin
 from plugins.jwks import JwksKeys, parse_jwks
 from plugins.jwt_auth import JwtAuth
 from tests.support.tokens import SECRET, b64url, bearer, forged_token, jwk, public_pem, rsa_key, token
+from tests.support.units import Clock, plugin_route
 
 CONSUMERS = {"alice": ConsumerConfig(jwt_subjects=["alice@example.com", "alice-svc"])}
-
 
 
 def plugin(metrics: Metrics | None = None, **options: Any) -> JwtAuth:
@@ -313,14 +313,6 @@ def test_parse_jwks_keeps_only_usable_signature_keys() -> None:
     assert parse_jwks({"keys": "nope"}) == [] == parse_jwks([])
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 async def test_jwks_unknown_kid_refetch_is_throttled_and_an_outage_keeps_the_keys() -> None:
     served: dict[str, Any] = {"status": 200, "keys": [jwk(rsa_key(), "k1")]}
     hits: list[float] = []
@@ -333,7 +325,7 @@ async def test_jwks_unknown_kid_refetch_is_throttled_and_an_outage_keeps_the_key
     app.router.add_get("/jwks", jwks)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
-    clock = Clock()
+    clock = Clock(1000.0)
     keys = JwksKeys(f"http://127.0.0.1:{server.port}/jwks?tenant=x", ttl=3600, clock=clock)
 
     async with aiohttp.ClientSession() as session:
@@ -356,10 +348,8 @@ async def test_jwks_unknown_kid_refetch_is_throttled_and_an_outage_keeps_the_key
 
 async def test_jwks_that_cannot_be_fetched_at_startup_gives_401_not_500() -> None:
     keys_url = "http://127.0.0.1:9/jwks"  # discard port: nothing listens
-    auth = plugin(algorithms=["RS256"], jwks_url=keys_url)
-
     async with aiohttp.ClientSession() as session:
-        auth.context.client.set(session)
+        auth = plugin(algorithms=["RS256"], jwks_url=keys_url, http_session=session)
         await auth.startup()
         try:
             assert auth.jwks is not None and auth.jwks.entries == []
@@ -390,20 +380,9 @@ async def test_a_jwk_bound_to_another_algorithm_is_not_used() -> None:
 
 
 def test_option_problems_are_reported_at_the_plugins_location() -> None:
-    toml = """
-        [upstreams.svc]
-        targets = ["http://127.0.0.1:9"]
-        [[routes]]
-        name = "svc"
-        path = "/svc"
-        upstream = "svc"
-          [[routes.plugins]]
-          use = "jwt"
-          secret = "${JWT_SECRET}"
-          algorithms = ["RS256", "HS256"]
-    """
+    toml = plugin_route("jwt", secret='"${JWT_SECRET}"', algorithms='["RS256", "HS256"]')
     with pytest.raises(ConfigError) as info:
-        Runtime(load_text(toml, "routes.toml", {"JWT_SECRET": SECRET}), Metrics(), ClientHolder())
+        Runtime(load_text(toml, "routes.toml", {"JWT_SECRET": SECRET}), Metrics(), Clients())
     assert info.value.lines() == [
         "routes.toml: routes[0].plugins[0] (jwt): RS256 needs `public_key` or `jwks_url`: `secret` verifies "
         "HS256/HS384/HS512 only (one key never serves both families)"
@@ -411,21 +390,10 @@ def test_option_problems_are_reported_at_the_plugins_location() -> None:
 
 
 def test_an_x_consumer_claim_header_is_reported_at_the_option() -> None:
-    toml = """
-        [upstreams.svc]
-        targets = ["http://127.0.0.1:9"]
-        [[routes]]
-        name = "svc"
-        path = "/svc"
-        upstream = "svc"
-          [[routes.plugins]]
-          use = "jwt"
-          secret = "${JWT_SECRET}"
-          algorithms = ["HS256"]
-          claims_to_headers = { sub = "X-Consumer" }
-    """
+    toml = plugin_route("jwt", secret='"${JWT_SECRET}"', algorithms='["HS256"]',
+                        claims_to_headers='{ sub = "X-Consumer" }')
     with pytest.raises(ConfigError) as info:
-        Runtime(load_text(toml, "routes.toml", {"JWT_SECRET": SECRET}), Metrics(), ClientHolder())
+        Runtime(load_text(toml, "routes.toml", {"JWT_SECRET": SECRET}), Metrics(), Clients())
     lines = info.value.lines()
     assert len(lines) == 1
     assert lines[0].startswith("routes.toml: routes[0].plugins[0] (jwt).claims_to_headers: ")

@@ -6,24 +6,19 @@ import pytest
 
 from gateway.config_model import BreakerConfig
 from gateway.upstream.breaker import CLOSED, HALF_OPEN, OPEN, Breaker, BreakerGroup, CircuitOpen
+from tests.support.units import Clock
 
 A, B = "http://a:1", "http://b:1"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def breaker_config(**options: object) -> BreakerConfig:
     return BreakerConfig.model_validate(options)
 
 
-def make(failures: int = 3, reset: float = 10.0, probes: int = 1) -> tuple[Breaker, Clock, list[tuple[str, str]]]:
-    clock = Clock()
+def make(
+    failures: int = 3, reset: float = 10.0, probes: int = 1
+) -> tuple[Breaker, Clock[float], list[tuple[str, str]]]:
+    clock = Clock(1000.0)
     changes: list[tuple[str, str]] = []
     config = breaker_config(failures=failures, reset_timeout=f"{reset}s", half_open_probes=probes)
     breaker = Breaker(config, clock=clock, on_change=lambda _b, old, new, _local: changes.append((old, new)))
@@ -131,7 +126,7 @@ def test_late_answer_from_before_the_trip_is_ignored() -> None:
 
 
 def test_trip_from_another_replica_opens_for_the_time_left_and_is_not_local() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     seen: list[bool] = []
     breaker = Breaker(breaker_config(reset_timeout="10s"), clock=clock,
                       on_change=lambda _b, _old, new, local: seen.append(local) if new == OPEN else None)

@@ -15,60 +15,29 @@ from typing import Any
 
 import pytest
 
+from tests.support import free_port, plugin_table, proxy_config
+
 ROOT = Path(__file__).resolve().parents[2]
 
-GOOD = """
-[gateway]
-timeout = "5s"
+# Two upstreams, a global request_id, the route "users" with ip_filter and headers, the route "orders".
+GOOD = proxy_config(
+    "http://127.0.0.1:9001", "http://127.0.0.1:9002", name="users", path="/api/users/{rest:.*}",
+    rewrite="/users/{rest}", methods=("GET", "POST"), gateway='timeout = "5s"', upstream="",
+    after="\n".join([
+        plugin_table("ip_filter", allow='["10.0.0.0/8"]'),
+        plugin_table("headers", response='{ set = { "Cache-Control" = "no-store" } }'),
+        '[[plugins]]\nuse = "request_id"',
+        '[upstreams.orders]\ntargets = ["http://127.0.0.1:9003"]',
+        '[[routes]]\nname = "orders"\npath = "/api/orders"\nupstream = "orders"',
+    ]),
+)
 
-[upstreams.users]
-targets = ["http://127.0.0.1:9001", "http://127.0.0.1:9002"]
-
-[upstreams.orders]
-targets = ["http://127.0.0.1:9003"]
-
-[[plugins]]
-use = "request_id"
-
-[[routes]]
-name = "users"
-path = "/api/users/{rest:.*}"
-methods = ["GET", "POST"]
-upstream = "users"
-rewrite = "/users/{rest}"
-
-  [[routes.plugins]]
-  use = "ip_filter"
-  allow = ["10.0.0.0/8"]
-  [[routes.plugins]]
-  use = "headers"
-  response = { set = { "Cache-Control" = "no-store" } }
-
-[[routes]]
-name = "orders"
-path = "/api/orders"
-upstream = "orders"
-"""
-
-BAD = """
-[gateway]
-workers = 0
-listn = "0.0.0.0:8080"
-
-[upstreams.users]
-targets = ["http://127.0.0.1:9001"]
-
-[[routes]]
-name = "users"
-path = "/api/users"
-upstream = "users"
-
-  [[routes.plugins]]
-  use = "request_id"
-  [[routes.plugins]]
-  use = "ip_filter"
-  allow = ["10.0.0.0/33"]
-"""
+# Three problems: workers = 0, the misspelt "listn", and a CIDR with a /33 prefix.
+BAD = proxy_config(
+    "http://127.0.0.1:9001", name="users", path="/api/users", upstream="",
+    gateway='workers = 0\nlistn = "0.0.0.0:8080"',
+    after=plugin_table("request_id") + "\n" + plugin_table("ip_filter", allow='["10.0.0.0/33"]'),
+)
 
 
 def gateway(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -205,7 +174,7 @@ def test_routes_prints_a_table_of_routes(tmp_path: Path) -> None:
     assert len(rows) == 2
     users = rows[0].split(None, 3)
     assert users[:3] == ["users", "GET,POST", "/api/users/{rest:.*}"]
-    assert re.search(r"upstream users\s+request_id > ip_filter > headers$", rows[0]), rows[0]
+    assert re.search(r"upstream svc\s+request_id > ip_filter > headers$", rows[0]), rows[0]
     orders = rows[1].split(None, 3)
     assert orders[0] == "orders"
     assert orders[2] == "/api/orders"
@@ -275,8 +244,6 @@ def test_run_refuses_bad_options_in_one_line(tmp_path: Path, options: list[str],
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_run_with_a_plugin_that_cannot_be_built_fails_like_check(tmp_path: Path, workers: str) -> None:
-    from tests.support import free_port
-
     path = write(tmp_path, GOOD.replace('allow = ["10.0.0.0/8"]', ""))
     result = gateway("run", str(path), "--listen", f"127.0.0.1:{free_port()}", "--admin-listen", "",
                      "--workers", workers)
@@ -303,7 +270,7 @@ def test_run_with_a_plugin_that_cannot_be_built_fails_like_check(tmp_path: Path,
     ],
 )
 def test_listen_failures_are_named_in_one_line(error: OSError, address: str, option: str, expected: str) -> None:
-    from gateway.process_main import listen_failure
+    from gateway.launch import listen_failure
 
     failure = listen_failure(error, address, option)
     assert failure is not None
@@ -312,6 +279,6 @@ def test_listen_failures_are_named_in_one_line(error: OSError, address: str, opt
 
 
 def test_other_os_errors_are_not_listen_failures() -> None:
-    from gateway.process_main import listen_failure
+    from gateway.launch import listen_failure
 
     assert listen_failure(OSError(errno.ECONNREFUSED, "refused"), "0.0.0.0:1", "--listen") is None

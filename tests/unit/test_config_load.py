@@ -3,52 +3,26 @@
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
 from pydantic import PositiveInt
 
 from gateway import Plugin, PluginConfig
-from gateway.config_load import ConfigError, LoadedConfig, load_config, load_text
+from gateway.config_load import ConfigError, load_config
 from gateway.registry import Registry
+from tests.support import plugin_table
+from tests.support.units import USERS as UPSTREAM
+from tests.support.units import config_error, load, users_route
+from tests.support.units import config_errors as problems
+from tests.support.units import users_upstream as upstream
 
-UPSTREAM = """
-[upstreams.users]
-targets = ["http://127.0.0.1:9001"]
-"""
-
-MINIMAL = UPSTREAM + """
-[[routes]]
-name = "users"
-path = "/users/{id}"
-upstream = "users"
-"""
+MINIMAL = users_route(path="/users/{id}")
 
 
-def load(text: str, env: dict[str, str] | None = None, registry: Registry | None = None) -> LoadedConfig:
-    return load_text(textwrap.dedent(text), "routes.toml", env or {}, registry)
-
-
-def problems(text: str, env: dict[str, str] | None = None, registry: Registry | None = None) -> dict[str, str]:
-    """location -> the messages there, one a line (fails the test when the config loads)."""
-    with pytest.raises(ConfigError) as caught:
-        load(text, env, registry)
-    found: dict[str, str] = {}
-    for loc, msg in caught.value.problems:
-        found[loc] = f"{found[loc]}\n{msg}" if loc in found else msg
-    return found
-
-
-def one_route(extra: str = "", plugins: str = "") -> str:
-    return UPSTREAM + f"""
-[[routes]]
-name = "r"
-path = "/r/{{id}}"
-upstream = "users"
-{extra}
-{plugins}
-"""
+def one_route(route: str = "") -> str:
+    """One route ``r`` at ``/r/{id}``; ``route`` is TOML in its table."""
+    return users_route(route, path="/r/{id}")
 
 
 # --- valid configs --------------------------------------------------------------------------
@@ -57,7 +31,7 @@ upstream = "users"
 def test_minimal_config_loads_with_defaults() -> None:
     loaded = load(MINIMAL)
     config = loaded.config
-    assert [r.name for r in config.routes] == ["users"]
+    assert [r.name for r in config.routes] == ["r"]
     assert config.upstreams["users"].targets == ["http://127.0.0.1:9001"]
     assert config.upstreams["users"].balance == "round_robin"
     assert config.gateway.timeout == 30.0
@@ -72,30 +46,18 @@ def test_empty_file_is_a_valid_config_without_routes() -> None:
 
 
 def test_units_env_and_plugins_are_resolved() -> None:
-    loaded = load(
-        """
+    settings = """
         [gateway]
         timeout = "250ms"
         max_body_bytes = "1MiB"
         redis_url = "${REDIS_URL:-}"
-        [upstreams.users]
-        targets = ["http://${USERS_HOST}:9001"]
-        timeout = { connect = "1s", response = "2m", idle = "1h" }
         [[plugins]]
         use = "request_id"
-        [[routes]]
-        name = "users"
-        path = "/users/{id}"
-        upstream = "users"
-          [[routes.plugins]]
-          use = "ip_filter"
-          allow = ["10.0.0.0/8"]
-          [[routes.plugins]]
-          use = "headers"
-          response = { set = { "Cache-Control" = "no-store" } }
-        """,
-        env={"USERS_HOST": "10.1.2.3"},
-    )
+    """
+    plugins = plugin_table("ip_filter", allow='["10.0.0.0/8"]') + "\n" + plugin_table(
+        "headers", response='{ set = { "Cache-Control" = "no-store" } }')
+    users = upstream('timeout = { connect = "1s", response = "2m", idle = "1h" }', '["http://${USERS_HOST}:9001"]')
+    loaded = load(settings + users_route(plugins, upstreams=users), env={"USERS_HOST": "10.1.2.3"})
     config = loaded.config
     assert config.gateway.timeout == pytest.approx(0.25)
     assert config.gateway.max_body_bytes == 1024 * 1024
@@ -132,9 +94,9 @@ def test_load_config_reads_a_file_and_names_it(tmp_path: Path) -> None:
         (UPSTREAM + "timeout = { conect = '1s' }\n", "upstreams.users.timeout.conect", "connect"),
         (UPSTREAM + "retry = { atempts = 2 }\n", "upstreams.users.retry.atempts", "attempts"),
         (one_route("upstrem = 'users'"), "routes[0].upstrem", "upstream"),
-        (one_route("", "[[routes.plugins]]\nuse = 'ip_filter'\nalow = ['10.0.0.0/8']"),
+        (one_route("[[routes.plugins]]\nuse = 'ip_filter'\nalow = ['10.0.0.0/8']"),
          "routes[0].plugins[0] (ip_filter).alow", "allow"),
-        (one_route("", "[[routes.plugins]]\nuse = 'cors'\norigin = ['https://a.example']"),
+        (one_route("[[routes.plugins]]\nuse = 'cors'\norigin = ['https://a.example']"),
          "routes[0].plugins[0] (cors).origin", "origins"),
         ("[[routs]]\nname = 'x'\n", "routs", "routes"),
     ],
@@ -177,24 +139,24 @@ def test_unknown_key_far_from_any_name_lists_the_allowed_ones() -> None:
         (UPSTREAM + "[[routes]]\nname = 'bad name'\npath = '/x'\nupstream = 'users'\n", "routes[0].name", "must match"),
         (UPSTREAM + "[[routes]]\nname = 'r'\npath = 'x'\nupstream = 'users'\n", "routes[0].path", "must match"),
         # built-in plugins' own options, named by position and plugin
-        (one_route("", "[[routes.plugins]]\nuse = 'request_id'\n[[routes.plugins]]\nuse = 'ip_filter'\n"
-                       "allow = ['10.0.0.0/33']"),
+        (one_route("[[routes.plugins]]\nuse = 'request_id'\n[[routes.plugins]]\nuse = 'ip_filter'\n"
+                   "allow = ['10.0.0.0/33']"),
          "routes[0].plugins[1] (ip_filter).allow[0]",
          "must be an IP address or CIDR such as 10.0.0.0/8, got '10.0.0.0/33'"),
-        (one_route("", "[[routes.plugins]]\nuse = 'headers'\nrequest = { set = { X-Tenant = 5 } }"),
+        (one_route("[[routes.plugins]]\nuse = 'headers'\nrequest = { set = { X-Tenant = 5 } }"),
          "routes[0].plugins[0] (headers).request.set.X-Tenant", "must be a string, got 5"),
-        (one_route("", "[[routes.plugins]]\nuse = 'headers'\nresponse = { remove = 'Server' }"),
+        (one_route("[[routes.plugins]]\nuse = 'headers'\nresponse = { remove = 'Server' }"),
          "routes[0].plugins[0] (headers).response.remove", "must be an array"),
-        (one_route("", "[[routes.plugins]]\nuse = 'cors'\nmax_age = 600"),
+        (one_route("[[routes.plugins]]\nuse = 'cors'\nmax_age = 600"),
          "routes[0].plugins[0] (cors).max_age", "duration"),
-        (one_route("", "[[routes.plugins]]\nuse = 'request_id'\ntrust_incoming = 'sometimes'"),
+        (one_route("[[routes.plugins]]\nuse = 'request_id'\ntrust_incoming = 'sometimes'"),
          "routes[0].plugins[0] (request_id).trust_incoming", "true or false"),
         ("[[plugins]]\nuse = 'ip_filter'\ndeny = ['300.1.1.1']\n", "plugins[0] (ip_filter).deny[0]", "CIDR"),
-        (one_route("", "[[routes.plugins]]\nuse = 'ip_filtr'"),
+        (one_route("[[routes.plugins]]\nuse = 'ip_filtr'"),
          "routes[0].plugins[0].use", "unknown plugin 'ip_filtr'"),
-        (one_route("", "[[routes.plugins]]\nuse = 'no_such_module_xyz:Plugin'"),
+        (one_route("[[routes.plugins]]\nuse = 'no_such_module_xyz:Plugin'"),
          "routes[0].plugins[0].use", "cannot import"),
-        (one_route("", "[[routes.plugins]]\nallow = []"), "routes[0].plugins[0].use", "is required"),
+        (one_route("[[routes.plugins]]\nallow = []"), "routes[0].plugins[0].use", "is required"),
     ],
 )
 def test_every_error_is_located(text: str, location: str, fragment: str) -> None:
@@ -218,35 +180,17 @@ class FakeRateLimit(Plugin[LimitConfig]):
 def test_spec_example_message_for_a_plugin_option() -> None:
     registry = Registry({**dict(Registry.discover().items()), "rate_limit": FakeRateLimit})
     routes = "".join(
-        f"""
-        [[routes]]
-        name = "r{i}"
-        path = "/r{i}"
-        upstream = "users"
-          [[routes.plugins]]
-          use = "request_id"
-          [[routes.plugins]]
-          use = "rate_limit"
-          limit = {limit}
-        """
+        f'[[routes]]\nname = "r{i}"\npath = "/r{i}"\nupstream = "users"\n'
+        + plugin_table("request_id") + "\n" + plugin_table("rate_limit", limit=str(limit)) + "\n"
         for i, limit in enumerate([10, 10, -5])
     )
-    with pytest.raises(ConfigError) as caught:
-        load(UPSTREAM + textwrap.dedent(routes), registry=registry)
-    assert caught.value.lines() == [
+    assert config_error(UPSTREAM + routes, registry=registry).lines() == [
         "routes.toml: routes[2].plugins[1] (rate_limit).limit: must be a positive integer, got -5"
     ]
 
 
 def test_missing_environment_variable_is_located() -> None:
-    found = problems(
-        """
-        [upstreams.users]
-        targets = ["http://127.0.0.1:9001"]
-        [consumers.alice]
-        api_keys = ["${ALICE_KEY}"]
-        """
-    )
+    found = problems(UPSTREAM + '[consumers.alice]\napi_keys = ["${ALICE_KEY}"]\n')
     assert "ALICE_KEY is not set" in found["consumers.alice.api_keys[0]"]
 
 
@@ -287,18 +231,8 @@ def test_cross_checks_are_located(text: str, location: str, fragment: str) -> No
 
 
 def test_valid_rewrite_and_weights_pass() -> None:
-    loaded = load(
-        """
-        [upstreams.users]
-        targets = ["http://a:1", "http://b:1"]
-        weights = [2, 1]
-        [[routes]]
-        name = "r"
-        path = "/api/{rest:.*}"
-        upstream = "users"
-        rewrite = "/v1/{rest}"
-        """
-    )
+    users = upstream("weights = [2, 1]", '["http://a:1", "http://b:1"]')
+    loaded = load(users_route('rewrite = "/v1/{rest}"', path="/api/{rest:.*}", upstreams=users))
     assert loaded.config.upstreams["users"].weights == [2, 1]
     assert loaded.config.routes[0].rewrite == "/v1/{rest}"
 
@@ -307,22 +241,9 @@ def test_valid_rewrite_and_weights_pass() -> None:
 
 
 def test_several_errors_are_reported_in_one_config_error() -> None:
-    found = problems(
-        """
-        [gateway]
-        workers = 0
-        listen = "nope"
-        [upstreams.users]
-        targets = ["ftp://users"]
-        [[routes]]
-        name = "r"
-        path = "/r"
-        upstream = "users"
-          [[routes.plugins]]
-          use = "ip_filter"
-          allow = ["not-a-cidr"]
-        """
-    )
+    bad_target = upstream(targets='["ftp://users"]')
+    bad_plugin = plugin_table("ip_filter", allow='["not-a-cidr"]')
+    found = problems('[gateway]\nworkers = 0\nlisten = "nope"\n' + users_route(bad_plugin, upstreams=bad_target))
     assert set(found) >= {
         "gateway.workers", "gateway.listen", "upstreams.users.targets[0]", "routes[0].plugins[0] (ip_filter).allow[0]",
     }
@@ -331,22 +252,10 @@ def test_several_errors_are_reported_in_one_config_error() -> None:
 def test_several_cross_check_and_plugin_errors_at_once() -> None:
     found = problems(
         UPSTREAM
-        + """
-[[routes]]
-name = "a"
-path = "/a/{x}"
-upstream = "nope"
-rewrite = "/{y}"
-  [[routes.plugins]]
-  use = "headers"
-  request = { set = { X = 1 } }
-[[routes]]
-name = "a"
-path = "/b"
-upstream = "users"
-[consumers.alice]
-api_keys = ["${ALICE_KEY}"]
-"""
+        + "[[routes]]\nname = 'a'\npath = '/a/{x}'\nupstream = 'nope'\nrewrite = '/{y}'\n"
+        + plugin_table("headers", request="{ set = { X = 1 } }")
+        + "\n[[routes]]\nname = 'a'\npath = '/b'\nupstream = 'users'\n"
+        + "[consumers.alice]\napi_keys = ['${ALICE_KEY}']\n"
     )
     assert set(found) >= {
         "routes[0].upstream", "routes[0].rewrite", "routes[0].plugins[0] (headers).request.set.X",
@@ -355,17 +264,13 @@ api_keys = ["${ALICE_KEY}"]
 
 
 def test_toml_syntax_error_is_reported_with_its_line() -> None:
-    with pytest.raises(ConfigError) as caught:
-        load("[gateway]\nlisten = \n")
-    [line] = caught.value.lines()
+    [line] = config_error("[gateway]\nlisten = \n").lines()
     assert line.startswith("routes.toml: not valid TOML:")
     assert "line 2" in line
 
 
 def test_message_format_is_file_location_message() -> None:
-    with pytest.raises(ConfigError) as caught:
-        load_text("[gateway]\nworkers = -1\ndrain_timeout = 'soon'\n", "conf/gw.toml", {})
-    error = caught.value
+    error = config_error("[gateway]\nworkers = -1\ndrain_timeout = 'soon'\n", source="conf/gw.toml")
     assert error.lines() == [f"conf/gw.toml: {loc}: {msg}" for loc, msg in error.problems]
     assert "conf/gw.toml: gateway.workers: must be a positive integer, got -1" in error.lines()
     assert any(line.startswith("conf/gw.toml: gateway.drain_timeout: ") for line in error.lines())
@@ -379,17 +284,9 @@ def test_repo_routes_toml_is_valid() -> None:
 
 
 def test_shared_breaker_needs_a_redis_url() -> None:
-    text = """
-        [upstreams.u]
-        targets = ["http://127.0.0.1:1"]
-        breaker = { shared = true }
-        [[routes]]
-        name = "r"
-        path = "/r"
-        upstream = "u"
-    """
-    assert "needs gateway.redis_url" in problems(text)["upstreams.u.breaker.shared"]
-    load('[gateway]\nredis_url = "redis://127.0.0.1:6379"\n' + textwrap.dedent(text))
+    text = users_route(upstreams=upstream("breaker = { shared = true }"))
+    assert "needs gateway.redis_url" in problems(text)["upstreams.users.breaker.shared"]
+    load('[gateway]\nredis_url = "redis://127.0.0.1:6379"\n' + text)
 
 
 @pytest.mark.parametrize(
@@ -401,42 +298,17 @@ def test_shared_breaker_needs_a_redis_url() -> None:
     ],
 )
 def test_a_route_path_no_normalized_request_can_match_is_an_error(path: str, message: str) -> None:
-    text = f"""
-[upstreams.u]
-targets = ["http://127.0.0.1:9"]
-[[routes]]
-name = "r"
-path = "{path}"
-upstream = "u"
-"""
-    with pytest.raises(ConfigError) as caught:
-        load_text(text, env={})
-    assert any(f"routes[0].path: {path!r} {message}" in line for line in caught.value.lines())
+    lines = config_error(users_route(path=path)).lines()
+    assert any(f"routes[0].path: {path!r} {message}" in line for line in lines)
 
 
 def test_route_paths_with_dots_in_names_and_a_trailing_slash_are_fine() -> None:
-    text = """
-[gateway]
-merge_slashes = false
-[upstreams.u]
-targets = ["http://127.0.0.1:9"]
-[[routes]]
-name = "r"
-path = "/v1.2/.well-known/{file:.*}/"
-upstream = "u"
-[[routes]]
-name = "s"
-path = "/a//b"
-upstream = "u"
-"""
-    assert load_text(text, env={}).config.routes[1].path == "/a//b"
+    second = '[[routes]]\nname = "s"\npath = "/a//b"\nupstream = "users"'
+    text = "[gateway]\nmerge_slashes = false\n" + users_route(second, path="/v1.2/.well-known/{file:.*}/")
+    assert load(text).config.routes[1].path == "/a//b"
 
 
 # --- absurd values, ports and URLs ----------------------------------------------------------
-
-
-def upstream(extra: str = "", targets: str = '["http://127.0.0.1:9001"]') -> str:
-    return f"[upstreams.users]\ntargets = {targets}\n{extra}\n"
 
 
 @pytest.mark.parametrize(
@@ -583,9 +455,8 @@ def test_narrow_trusted_proxies_load_without_a_warning(caplog: pytest.LogCapture
     ],
 )
 def test_deep_nesting_is_a_config_error_not_a_recursion_error(text: str, location: str) -> None:
-    with pytest.raises(ConfigError) as caught:
-        load_text(text, "routes.toml", {})
-    assert caught.value.problems == [(location, "nested deeper than 64 levels (tables and arrays inside one another)")]
+    nested = "nested deeper than 64 levels (tables and arrays inside one another)"
+    assert config_error(text).problems == [(location, nested)]
 
 
 def step_body(levels: int) -> str:
@@ -614,10 +485,6 @@ def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
 # --- route path regexes: linear time or refused ---------------------------------------------
 
 
-def route_path(path: str) -> str:
-    return UPSTREAM + f"[[routes]]\nname = 'r'\npath = '''{path}'''\nupstream = 'users'\n"
-
-
 @pytest.mark.parametrize(
     ("path", "fragments"),
     [
@@ -639,7 +506,7 @@ def route_path(path: str) -> str:
     ],
 )
 def test_route_regexes_that_backtrack_are_refused(path: str, fragments: list[str]) -> None:
-    found = problems(route_path(path))
+    found = problems(users_route(path=path))
     assert "routes[0].path" in found, found
     for fragment in fragments:
         assert fragment in found["routes[0].path"], found["routes[0].path"]
@@ -669,4 +536,4 @@ def test_route_regexes_that_backtrack_are_refused(path: str, fragments: list[str
     ],
 )
 def test_route_regexes_that_match_in_linear_time_are_accepted(path: str) -> None:
-    assert load(route_path(path)).config.routes[0].path == path
+    assert load(users_route(path=path)).config.routes[0].path == path

@@ -54,23 +54,23 @@ def test_adjacent_references() -> None:
     assert template.render(Scope(params={"a": "1", "b": "2"})) == "12"
 
 
-@pytest.mark.parametrize(
-    ("source", "expected"),
-    [
-        ("/x{{/{path.id}", "/x{/7"),  # escape before a reference
-        ("{{{path.id}", "{7"),  # escaped brace right before a reference
-        ("{path.id}}}", "7}"),  # escape after a reference
-        ("{{{path.id}}}", "{7}"),  # a reference between literal braces
-        ("{{literal}}", "{literal}"),  # escapes only, no reference at all
-        ("a{{b", "a{b"),
-        ("/a}}", "/a}"),
-        ("{{}}", "{}"),
-        ('{{"json": {path.id}}}', '{"json": 7}'),
-    ],
-)
+# source -> what it renders as with {path.id} = 7
+DOUBLED_BRACES = {
+    "/x{{/{path.id}": "/x{/7",  # escape before a reference
+    "{{{path.id}": "{7",  # escaped brace right before a reference
+    "{path.id}}}": "7}",  # escape after a reference
+    "{{{path.id}}}": "{7}",  # a reference between literal braces
+    "{{literal}}": "{literal}",  # escapes only, no reference at all
+    "a{{b": "a{b",
+    "/a}}": "/a}",
+    "{{}}": "{}",
+    '{{"json": {path.id}}}': '{"json": 7}',
+}
+
+
+@pytest.mark.parametrize(("source", "expected"), DOUBLED_BRACES.items())
 def test_doubled_braces_are_literal_braces(source: str, expected: str) -> None:
-    template = compile_template(source)
-    assert template.render(Scope(params={"id": "7"})) == expected
+    assert compile_template(source).render(Scope(params={"id": "7"})) == expected
 
 
 def test_escaped_reference_is_not_a_reference() -> None:

@@ -17,21 +17,13 @@ from plugins.rate_limit import RateLimit
 from plugins.ratelimit_algo import Limit
 from plugins.ratelimit_store import LocalStore
 from tests.support import free_port
+from tests.support.units import Clock
 
 S = 1_000_000
+START = 1000 * S  # the local store's clock counts microseconds
 
 
-class Clock:
-    """A settable microsecond clock for the local store."""
-
-    def __init__(self, now: int = 1000 * S) -> None:
-        self.now = now
-
-    def __call__(self) -> int:
-        return self.now
-
-
-def limiter(clock: Clock | None = None, **options: Any) -> RateLimit:
+def limiter(clock: Clock[int] | None = None, **options: Any) -> RateLimit:
     plugin = build_plugin(RateLimit, **options)
     if clock is not None:
         plugin.local.clock = clock
@@ -47,7 +39,7 @@ def decisions(metrics: Metrics, route: str = "test") -> dict[str, float]:
 
 
 async def test_limit_then_429_with_headers_and_counts() -> None:
-    metrics, clock = Metrics(), Clock()
+    metrics, clock = Metrics(), Clock(START)
     plugin = limiter(clock, limit=2, window="10s", key="ip", metrics=metrics)
     upstream = FakeUpstream()
     out = [await run_plugin(plugin, make_request(), upstream) for _ in range(3)]
@@ -95,7 +87,7 @@ def test_consumer_key_keeps_unmapped_subjects_apart_from_consumers() -> None:
 
 
 async def test_a_subject_named_like_a_consumer_does_not_spend_its_quota() -> None:
-    plugin = limiter(Clock(), limit=1, window="1m")
+    plugin = limiter(Clock(START), limit=1, window="1m")
 
     def request(consumer: str | None = None, subject: str | None = None, ip: str = "10.0.0.1") -> Request:
         made = make_request(client_ip=ip)
@@ -111,7 +103,7 @@ async def test_a_subject_named_like_a_consumer_does_not_spend_its_quota() -> Non
 
 async def test_a_global_limiter_labels_each_route_and_keeps_one_quota() -> None:
     metrics = Metrics()
-    plugin = limiter(Clock(), limit=1, window="1m", key="ip", route=None, metrics=metrics)
+    plugin = limiter(Clock(START), limit=1, window="1m", key="ip", route=None, metrics=metrics)
     first = await run_plugin(plugin, make_request(route="a"))
     second = await run_plugin(plugin, make_request(route="b"))
     assert (first.status, second.status) == (200, 429)
@@ -126,7 +118,7 @@ async def test_upstream_errors_keep_their_headers_and_get_ours() -> None:
     async def failing(_: Any) -> Any:
         raise ServiceUnavailable("breaker open", headers={"Retry-After": "30"})
 
-    response = await run_plugin(limiter(Clock(), limit=3, window="3s"), make_request(), failing)
+    response = await run_plugin(limiter(Clock(START), limit=3, window="3s"), make_request(), failing)
     assert response.status == 503
     assert response.headers["Retry-After"] == "30"
     assert response.headers["RateLimit"] == '"test";r=2;t=1'
@@ -173,7 +165,7 @@ def test_store_auto_follows_redis_url() -> None:
 
 
 def test_local_store_evicts_expired_keys_and_stays_under_max_keys() -> None:
-    clock = Clock()
+    clock = Clock(START)
     store = LocalStore([Limit.of(1, 10)], max_keys=1000, clock=clock)
     for i in range(100):
         assert store.decide(f"k{i}").allowed

@@ -77,15 +77,14 @@ def test_bad_options_are_rejected(options: dict[str, Any], message: str) -> None
 
 def test_bad_options_in_routes_toml_name_their_location() -> None:
     toml = """
-        [upstreams.svc]
-        targets = ["http://127.0.0.1:9001"]
         [[routes]]
         name = "svc"
         path = "/svc"
         upstream = "svc"
-          [[routes.plugins]]
-          use = "greeting"
-          header = "Bad Header"
+        plugins = [{ use = "greeting", header = "Bad Header" }]
+
+        [upstreams.svc]
+        targets = ["http://127.0.0.1:9001"]
     """
     with pytest.raises(ConfigError) as caught:
         load_text(toml, "routes.toml", {}, Registry({"greeting": Greeting}))

@@ -1,5 +1,6 @@
-"""Redis fixtures for the rate-limit tests: the session's private redis-server, emptied per
-test, and one a test may kill, restart or replace with a socket that never answers."""
+"""Fixtures for the rate-limit tests: a gateway with one rate-limited route, the session's
+private redis-server, emptied per test, and one a test may kill, restart or replace with a
+socket that never answers."""
 
 from __future__ import annotations
 
@@ -8,17 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from gateway import Handler, Plugin, PluginConfig, Request, Response
-from tests.support import RedisServer, redis_binary
+from tests.conftest import StartGateway, StartUpstream
+from tests.support import RedisServer, url
+from tests.support.redis_server import running_redis
+from tests.support.resilience import Limited, StartLimited, limited_route
 
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """The session's private Redis (started once, stopped at the end)."""
-    server = RedisServer(redis_binary(), tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    server.stop()
+    with running_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
 
 
 @pytest.fixture
@@ -33,43 +34,19 @@ def redis_url(redis_server: RedisServer) -> str:
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A Redis of this test's own, to kill, restart or blackhole."""
-    server = RedisServer(redis_binary(), tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
+    with running_redis(tmp_path / "redis") as server:
+        yield server
 
 
-# --- shared by the rate-limit tests -------------------------------------------------------
+@pytest.fixture
+def limited(upstream: StartUpstream, gateway: StartGateway) -> StartLimited:
+    """Start an upstream and a gateway with one rate-limited route in front of it:
+    ``await limited(options, redis=URL, settings=GATEWAY_TOML, name=ROUTE)``."""
 
+    async def start(options: str, *, redis: str = "", settings: str = "", name: str = "limited") -> Limited:
+        up = await upstream()
+        settings = "\n".join([f'redis_url = "{redis}"' if redis else "", settings])
+        gw = await gateway(limited_route(up.url, options, gateway=settings, name=name))
+        return Limited(up, gw, url(gw, f"/{name}/x"))
 
-class ConsumerFromHeader(Plugin[PluginConfig]):
-    """Test stand-in for an auth plugin: ``X-Test-User`` names the consumer."""
-
-    name = "consumer_from_header"
-
-    async def handle(self, request: Request, call_next: Handler) -> Response:
-        request.consumer = request.headers.get("X-Test-User") or None
-        return await call_next(request)
-
-
-SET_CONSUMER = "tests.integration.ratelimit.conftest:ConsumerFromHeader"
-
-
-def limited_route(upstream_url: str, plugin: str, *, gateway: str = "", name: str = "limited") -> str:
-    """routes.toml text: one route ``name`` at /NAME/... with a consumer stand-in and ``plugin``
-    (the rate_limit options, one per line)."""
-    return f"""
-        [gateway]
-        {gateway}
-        [upstreams.svc]
-        targets = ["{upstream_url}"]
-        [[routes]]
-        name = "{name}"
-        path = "/{name}/{{rest:.*}}"
-        upstream = "svc"
-          [[routes.plugins]]
-          use = "{SET_CONSUMER}"
-          [[routes.plugins]]
-          use = "rate_limit"
-          {plugin}
-    """
+    return start

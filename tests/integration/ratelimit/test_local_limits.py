@@ -7,8 +7,9 @@ import json
 
 import aiohttp
 
-from tests.conftest import StartGateway, StartUpstream, metric, scrape, url
-from tests.integration.ratelimit.conftest import limited_route
+from tests.conftest import StartGateway
+from tests.support import free_port, metric, scrape, url
+from tests.support.resilience import StartLimited, limited_route
 
 DECISIONS = "gateway_ratelimit_decisions_total"
 
@@ -25,11 +26,10 @@ def _limit_headers(headers: dict[str, str]) -> dict[str, str]:
 
 
 async def test_exactly_limit_requests_pass_with_exact_headers_and_metrics(
-    upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
+    limited: StartLimited, http: aiohttp.ClientSession
 ) -> None:
-    up = await upstream()
-    gw = await gateway(limited_route(up.url, 'limit = 5\nwindow = "1m"\nkey = "ip"\nstore = "local"'))
-    seen = [await _get(http, url(gw, "/limited/x")) for _ in range(8)]
+    route = await limited('limit = 5\nwindow = "1m"\nkey = "ip"\nstore = "local"')
+    seen = [await _get(http, route.target) for _ in range(8)]
     assert [status for status, _, _ in seen] == [200] * 5 + [429] * 3
     policy = '"limited";q=5;w=60'
     for remaining, (_, headers, _) in zip([4, 3, 2, 1, 0], seen, strict=False):
@@ -43,66 +43,54 @@ async def test_exactly_limit_requests_pass_with_exact_headers_and_metrics(
         assert problem["type"].endswith("/rate-limited")
         assert problem["title"] == "Too Many Requests"
         assert problem["route"] == "limited"
-    assert up.hits == 5
-    text = await scrape(gw)
+    assert route.up.hits == 5
+    text = await scrape(route.gw)
     assert metric(text, DECISIONS, route="limited", decision="allowed") == 5
     assert metric(text, DECISIONS, route="limited", decision="limited") == 3
     assert metric(text, DECISIONS, route="limited", decision="store_error_allowed") == 0
     assert metric(text, "gateway_requests_total", route="limited", code="429", source="gateway") == 3
 
 
-async def test_concurrent_burst_lets_exactly_limit_through(
-    upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
-) -> None:
-    up = await upstream()
-    gw = await gateway(limited_route(up.url, 'limit = 10\nwindow = "1m"\nkey = "route"'))
-    statuses = await asyncio.gather(*(_get(http, url(gw, f"/limited/{i}")) for i in range(40)))
+async def test_concurrent_burst_lets_exactly_limit_through(limited: StartLimited, http: aiohttp.ClientSession) -> None:
+    route = await limited('limit = 10\nwindow = "1m"\nkey = "route"')
+    statuses = await asyncio.gather(*(_get(http, url(route.gw, f"/limited/{i}")) for i in range(40)))
     assert sorted(status for status, _, _ in statuses) == [200] * 10 + [429] * 30
-    assert up.hits == 10
+    assert route.up.hits == 10
 
 
-async def test_consumers_and_tenants_have_separate_quotas(
-    upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
-) -> None:
-    up = await upstream()
-    gw = await gateway(limited_route(up.url, 'limit = 2\nwindow = "1m"'))
-    target = url(gw, "/limited/x")
+async def test_consumers_and_tenants_have_separate_quotas(limited: StartLimited, http: aiohttp.ClientSession) -> None:
+    target = (await limited('limit = 2\nwindow = "1m"')).target
     alice = [(await _get(http, target, **{"X-Test-User": "alice"}))[0] for _ in range(3)]
     bob = [(await _get(http, target, **{"X-Test-User": "bob"}))[0] for _ in range(3)]
     # No consumer: the client IP is the key, a quota of its own (not alice's nor bob's).
     anonymous = [(await _get(http, target))[0] for _ in range(3)]
     assert alice == bob == anonymous == [200, 200, 429]
 
-    gw2 = await gateway(limited_route(up.url, 'limit = 1\nwindow = "1m"\nkey = "header:X-Tenant"', name="tenants"))
-    tenants = url(gw2, "/tenants/x")
+    tenants = (await limited('limit = 1\nwindow = "1m"\nkey = "header:X-Tenant"', name="tenants")).target
     got = [(await _get(http, tenants, **{"X-Tenant": t}))[0] for t in ("a", "b", "a", "b", "c")]
     assert got == [200, 200, 429, 429, 200]
 
 
 async def test_spoofed_forwarded_for_from_an_untrusted_peer_does_not_change_the_ip_key(
-    upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
+    limited: StartLimited, http: aiohttp.ClientSession
 ) -> None:
-    up = await upstream()
-    gw = await gateway(limited_route(up.url, 'limit = 2\nwindow = "1m"\nkey = "ip"'))  # no trusted proxies
-    target = url(gw, "/limited/x")
+    target = (await limited('limit = 2\nwindow = "1m"\nkey = "ip"')).target  # no trusted proxies
     got = [(await _get(http, target, **{"X-Forwarded-For": f"203.0.113.{i}"}))[0] for i in range(4)]
     assert got == [200, 200, 429, 429]
 
     # From a trusted proxy the forwarded address is the client, so each one has its own quota.
-    trusted = await gateway(limited_route(up.url, 'limit = 2\nwindow = "1m"\nkey = "ip"',
-                                          gateway='trusted_proxies = ["127.0.0.1/32"]', name="behind"))
-    target = url(trusted, "/behind/x")
+    trusted = await limited('limit = 2\nwindow = "1m"\nkey = "ip"', settings='trusted_proxies = ["127.0.0.1/32"]',
+                            name="behind")
+    target = trusted.target
     got = [(await _get(http, target, **{"X-Forwarded-For": f"203.0.113.{i % 2}"}))[0] for i in range(6)]
     assert got == [200, 200, 200, 200, 429, 429]
 
 
 async def test_several_limits_are_all_enforced_and_headers_show_the_tightest(
-    upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
+    limited: StartLimited, http: aiohttp.ClientSession
 ) -> None:
-    up = await upstream()
-    gw = await gateway(limited_route(
-        up.url, 'limits = [{ limit = 2, window = "1s" }, { limit = 3, window = "1h" }]\nkey = "ip"'))
-    target = url(gw, "/limited/x")
+    route = await limited('limits = [{ limit = 2, window = "1s" }, { limit = 3, window = "1h" }]\nkey = "ip"')
+    target = route.target
     first = [await _get(http, target) for _ in range(3)]
     assert [s for s, _, _ in first] == [200, 200, 429]
     assert _limit_headers(first[0][1]) == {"RateLimit-Policy": '"limited";q=2;w=1', "RateLimit": '"limited";r=1;t=1'}
@@ -119,20 +107,17 @@ async def test_several_limits_are_all_enforced_and_headers_show_the_tightest(
     assert status == 429  # the hourly limit, although the per-second one would allow it
     assert _limit_headers(headers) == {
         "RateLimit-Policy": '"limited";q=3;w=3600', "RateLimit": '"limited";r=0;t=1199', "Retry-After": "1199"}
-    assert up.hits == 3
+    assert route.up.hits == 3
 
 
-async def test_legacy_and_no_headers(
-    upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession
-) -> None:
-    up = await upstream()
-    legacy = await gateway(limited_route(up.url, 'limit = 1\nwindow = "10s"\nheaders = "legacy"'))
-    ok, denied = [await _get(http, url(legacy, "/limited/x")) for _ in range(2)]
+async def test_legacy_and_no_headers(limited: StartLimited, http: aiohttp.ClientSession) -> None:
+    legacy = (await limited('limit = 1\nwindow = "10s"\nheaders = "legacy"')).target
+    ok, denied = [await _get(http, legacy) for _ in range(2)]
     assert _limit_headers(ok[1]) == {"X-RateLimit-Limit": "1", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "10"}
     assert _limit_headers(denied[1]) == {
         "X-RateLimit-Limit": "1", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "10", "Retry-After": "10"}
-    quiet = await gateway(limited_route(up.url, 'limit = 1\nwindow = "10s"\nheaders = "none"'))
-    ok, denied = [await _get(http, url(quiet, "/limited/x")) for _ in range(2)]
+    quiet = (await limited('limit = 1\nwindow = "10s"\nheaders = "none"')).target
+    ok, denied = [await _get(http, quiet) for _ in range(2)]
     assert (ok[0], denied[0]) == (200, 429)
     assert _limit_headers(ok[1]) == {}
     assert _limit_headers(denied[1]) == {"Retry-After": "10"}  # a 429 always says when to come back
@@ -141,8 +126,6 @@ async def test_legacy_and_no_headers(
 async def test_gateway_errors_on_a_limited_route_carry_the_headers_too(
     gateway: StartGateway, http: aiohttp.ClientSession
 ) -> None:
-    from tests.support import free_port
-
     gw = await gateway(limited_route(f"http://127.0.0.1:{free_port()}", 'limit = 3\nwindow = "1m"'))
     status, headers, _ = await _get(http, url(gw, "/limited/x"))
     assert status == 502

@@ -9,39 +9,36 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 import pytest
 
+from gateway.clients import Clients
 from gateway.config_load import ConfigError, load_text
 from gateway.metrics import Metrics
-from gateway.plugin import ClientHolder
 from gateway.runtime import Runtime
-from tests.conftest import GatewaySubprocess, StartGateway, StartUpstream, metric, scrape, url
-from tests.integration.ratelimit.conftest import limited_route
-from tests.support import RedisServer
+from tests.conftest import GatewaySubprocess, StartUpstream
+from tests.support import RedisServer, metric, scrape
+from tests.support.resilience import StartLimited, limited_route
 
 DECISIONS = "gateway_ratelimit_decisions_total"
 Spawn = Callable[..., Awaitable[GatewaySubprocess]]
 
 
 async def test_redis_store_lets_exactly_limit_through_with_exact_headers(
-    upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession, redis_url: str,
-    redis_server: RedisServer,
+    limited: StartLimited, http: aiohttp.ClientSession, redis_url: str, redis_server: RedisServer
 ) -> None:
-    up = await upstream()
-    gw = await gateway(limited_route(up.url, 'limit = 4\nwindow = "1m"\nkey = "ip"',
-                                     gateway=f'redis_url = "{redis_url}"'))
+    route = await limited('limit = 4\nwindow = "1m"\nkey = "ip"', redis=redis_url)
     seen = []
     for _ in range(6):
-        async with http.get(url(gw, "/limited/x")) as response:
+        async with http.get(route.target) as response:
             seen.append((response.status, response.headers.get("RateLimit"), response.headers.get("Retry-After")))
             await response.read()
     assert seen == [
         (200, '"limited";r=3;t=15', None), (200, '"limited";r=2;t=15', None), (200, '"limited";r=1;t=15', None),
         (200, '"limited";r=0;t=15', None), (429, '"limited";r=0;t=15', "15"), (429, '"limited";r=0;t=15', "15"),
     ]
-    assert up.hits == 4
+    assert route.up.hits == 4
     # The state is in Redis (one key, expiring with the quota), not in the gateway.
     keys = redis_server.command("KEYS", "gw:rl:*").decode()
     assert keys.count("gw:rl:") == 1 and "limited|ip|ip:127.0.0.1" in keys
-    text = await scrape(gw)
+    text = await scrape(route.gw)
     assert metric(text, DECISIONS, route="limited", decision="allowed") == 4
     assert metric(text, DECISIONS, route="limited", decision="limited") == 2
     assert metric(text, "gateway_redis_up") == 1
@@ -83,7 +80,7 @@ async def test_two_gateway_processes_sharing_redis_allow_exactly_limit_under_con
 def test_store_redis_without_redis_url_is_a_located_load_error() -> None:
     loaded = load_text(limited_route("http://127.0.0.1:9", 'limit = 1\nwindow = "1s"\nstore = "redis"'))
     with pytest.raises(ConfigError) as caught:
-        Runtime(loaded, Metrics(), ClientHolder())
+        Runtime(loaded, Metrics(), Clients())
     assert caught.value.lines() == [
         'routes.toml: routes[0].plugins[1] (rate_limit): store = "redis" needs gateway.redis_url']
 
@@ -109,18 +106,17 @@ def test_bad_options_are_located_load_errors() -> None:
         ("limit = 5", 'needs `limit` and `window` (e.g. limit = 100, window = "1m") or `limits = [...]`'),
     ]:
         with pytest.raises(ConfigError) as caught:
-            Runtime(load_text(limited_route("http://127.0.0.1:9", options)), Metrics(), ClientHolder())
+            Runtime(load_text(limited_route("http://127.0.0.1:9", options)), Metrics(), Clients())
         assert caught.value.lines() == [f"routes.toml: routes[0].plugins[1] (rate_limit): {message}"]
 
 
 async def test_limited_answer_is_a_problem_document_from_redis_too(
-    upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession, redis_url: str
+    limited: StartLimited, http: aiohttp.ClientSession, redis_url: str
 ) -> None:
-    up = await upstream()
-    gw = await gateway(limited_route(up.url, 'limit = 1\nwindow = "5s"', gateway=f'redis_url = "{redis_url}"'))
-    async with http.get(url(gw, "/limited/a"), headers={"X-Test-User": "carol"}) as response:
+    route = await limited('limit = 1\nwindow = "5s"', redis=redis_url)
+    async with http.get(route.target, headers={"X-Test-User": "carol"}) as response:
         assert response.status == 200
-    async with http.get(url(gw, "/limited/a"), headers={"X-Test-User": "carol"}) as response:
+    async with http.get(route.target, headers={"X-Test-User": "carol"}) as response:
         body = json.loads(await response.read())
         assert response.status == 429
         assert response.headers["Retry-After"] == "5"

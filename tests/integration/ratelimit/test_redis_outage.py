@@ -13,9 +13,8 @@ import aiohttp
 import pytest
 
 from gateway.process import GatewayProcess
-from tests.conftest import StartGateway, StartUpstream, metric, scrape, url
-from tests.integration.ratelimit.conftest import limited_route
-from tests.support import RedisServer
+from tests.support import RedisServer, metric, scrape, url
+from tests.support.resilience import StartLimited
 
 DECISIONS = "gateway_ratelimit_decisions_total"
 Sample = tuple[int, float, dict[str, str], bytes]
@@ -55,22 +54,12 @@ async def _recovered(gw: GatewayProcess, http: aiohttp.ClientSession, target: st
         await asyncio.sleep(0.1)
 
 
-# killed: connections reset, the port refuses. frozen (SIGSTOP): the port listens and open
-# connections stay open, but nothing ever answers (a hung Redis, a blackholed network path).
-OUTAGES = ["killed", "frozen"]
-
-
-async def _setup(
-    upstream: StartUpstream, gateway: StartGateway, redis: RedisServer, options: str, http: aiohttp.ClientSession
-) -> tuple[GatewayProcess, str, float]:
-    up = await upstream()
-    gw = await gateway(limited_route(up.url, options, gateway=f'redis_url = "{redis.url}"'))
-    target = url(gw, "/limited/x")
-    baseline = await _traffic(http, target, 40)
-    assert {status for status, *_ in baseline} == {200}
-    assert all("RateLimit" in headers for _, _, headers, _ in baseline)  # decided by Redis
-    assert metric(await scrape(gw), "gateway_redis_up") == 1
-    return gw, target, _percentile(baseline, 0.5)
+@pytest.fixture(params=["killed", "frozen"])
+def kind(request: pytest.FixtureRequest) -> str:
+    """How Redis fails. killed: connections reset, the port refuses. frozen (SIGSTOP): the port
+    listens and open connections stay open, but nothing ever answers (a hung Redis, a
+    blackholed network path)."""
+    return str(request.param)
 
 
 def _outage(redis: RedisServer, kind: str) -> None:
@@ -78,6 +67,23 @@ def _outage(redis: RedisServer, kind: str) -> None:
         redis.kill()
     else:
         redis.freeze()
+
+
+async def _through_outage(
+    limited: StartLimited, redis: RedisServer, http: aiohttp.ClientSession, options: str, outage: str, label: str
+) -> tuple[GatewayProcess, str, list[Sample]]:
+    """A route limited with ``options`` on ``redis``, decided by Redis for a baseline of 40
+    requests; then 150 requests while Redis is ``outage`` (killed or frozen), each waiting on
+    it only as long as its breaker allows."""
+    route = await limited(options, redis=redis.url)
+    baseline = await _traffic(http, route.target, 40)
+    assert {status for status, *_ in baseline} == {200}
+    assert all("RateLimit" in headers for _, _, headers, _ in baseline)  # decided by Redis
+    assert metric(await scrape(route.gw), "gateway_redis_up") == 1
+    _outage(redis, outage)
+    during = await _traffic(http, route.target, 150)
+    assert _added_p99(during, _percentile(baseline, 0.5), f"{label}/{outage}") < 0.030
+    return route.gw, route.target, during
 
 
 def _restore(redis: RedisServer, kind: str) -> None:
@@ -103,15 +109,11 @@ def _added_p99(samples: list[Sample], baseline: float, label: str) -> float:
     return added
 
 
-@pytest.mark.parametrize("kind", OUTAGES)
 async def test_allow_lets_traffic_through_without_waiting_on_redis(
-    kind: str, upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession, own_redis: RedisServer
+    kind: str, limited: StartLimited, http: aiohttp.ClientSession, own_redis: RedisServer
 ) -> None:
-    gw, target, baseline = await _setup(upstream, gateway, own_redis, 'limit = 1000\nwindow = "1m"', http)
-    _outage(own_redis, kind)
-    during = await _traffic(http, target, 150)
+    gw, target, during = await _through_outage(limited, own_redis, http, 'limit = 1000\nwindow = "1m"', kind, "allow")
     assert [status for status, *_ in during] == [200] * 150
-    assert _added_p99(during, baseline, f"allow/{kind}") < 0.030
     text = await scrape(gw)
     assert metric(text, "gateway_redis_up") == 0
     assert metric(text, DECISIONS, route="limited", decision="store_error_allowed") == 150
@@ -121,20 +123,16 @@ async def test_allow_lets_traffic_through_without_waiting_on_redis(
     assert status == 200 and headers["RateLimit"].startswith('"limited";r=9')
 
 
-@pytest.mark.parametrize("kind", OUTAGES)
 async def test_deny_answers_503_with_retry_after_quickly(
-    kind: str, upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession, own_redis: RedisServer
+    kind: str, limited: StartLimited, http: aiohttp.ClientSession, own_redis: RedisServer
 ) -> None:
-    gw, target, baseline = await _setup(
-        upstream, gateway, own_redis, 'limit = 1000\nwindow = "1m"\non_store_error = "deny"', http)
-    _outage(own_redis, kind)
-    during = await _traffic(http, target, 150)
+    options = 'limit = 1000\nwindow = "1m"\non_store_error = "deny"'
+    gw, target, during = await _through_outage(limited, own_redis, http, options, kind, "deny")
     assert [status for status, *_ in during] == [503] * 150
     for _, _, headers, body in during:
         assert headers["Retry-After"] == "1"
         assert headers["Content-Type"] == "application/problem+json"
         assert json.loads(body)["status"] == 503
-    assert _added_p99(during, baseline, f"deny/{kind}") < 0.030
     text = await scrape(gw)
     assert metric(text, DECISIONS, route="limited", decision="store_error_denied") == 150
     assert metric(text, "gateway_requests_total", route="limited", code="500") == 0
@@ -143,18 +141,14 @@ async def test_deny_answers_503_with_retry_after_quickly(
     assert status == 200
 
 
-@pytest.mark.parametrize("kind", OUTAGES)
 async def test_local_fallback_keeps_limiting_in_process(
-    kind: str, upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession, own_redis: RedisServer
+    kind: str, limited: StartLimited, http: aiohttp.ClientSession, own_redis: RedisServer
 ) -> None:
-    gw, target, baseline = await _setup(
-        upstream, gateway, own_redis, 'limit = 50\nwindow = "1m"\non_store_error = "local"', http)
-    _outage(own_redis, kind)
-    during = await _traffic(http, target, 150)
+    options = 'limit = 50\nwindow = "1m"\non_store_error = "local"'
+    gw, target, during = await _through_outage(limited, own_redis, http, options, kind, "local")
     # The local limiter starts empty: exactly 50 more pass in this process, then 429.
     assert sorted(status for status, *_ in during) == [200] * 50 + [429] * 100
     assert all(headers["RateLimit-Policy"] == '"limited";q=50;w=60' for _, _, headers, _ in during)
-    assert _added_p99(during, baseline, f"local/{kind}") < 0.030
     text = await scrape(gw)
     assert metric(text, DECISIONS, route="limited", decision="local_fallback") == 50
     assert metric(text, DECISIONS, route="limited", decision="limited") == 100
@@ -169,15 +163,13 @@ async def test_local_fallback_keeps_limiting_in_process(
 
 
 async def test_a_redis_that_never_answers_hangs_neither_startup_nor_requests(
-    upstream: StartUpstream, gateway: StartGateway, http: aiohttp.ClientSession, own_redis: RedisServer
+    limited: StartLimited, http: aiohttp.ClientSession, own_redis: RedisServer
 ) -> None:
     own_redis.blackhole()  # a listening socket that never accepts nor answers
-    up = await upstream()
     started = time.perf_counter()
-    gw = await gateway(limited_route(up.url, 'limit = 5\nwindow = "1m"\non_store_error = "deny"',
-                                     gateway=f'redis_url = "{own_redis.url}"'))
+    route = await limited('limit = 5\nwindow = "1m"\non_store_error = "deny"', redis=own_redis.url)
     assert time.perf_counter() - started < 1.0
-    target = url(gw, "/limited/x")
+    gw, target = route.gw, route.target
     assert {s for s, *_ in await _traffic(http, url(gw, "/elsewhere"), 8)} == {404}  # client connections open
     during = await _traffic(http, target, 150)
     assert [status for status, *_ in during] == [503] * 150

@@ -1,4 +1,5 @@
-"""Running one gateway process until SIGTERM/SIGINT, reloading on SIGHUP.
+"""Launching one gateway process: its event loop, start-up failures, SIGTERM/SIGINT (drain)
+and SIGHUP (reload).
 
 A process that cannot start (a port in use, a plugin that cannot start) says why in one line
 on stderr and exits 1: no traceback, nothing left open behind it."""
