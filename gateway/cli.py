@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+import gateway
 from gateway.config_load import ConfigError, LoadedConfig, load_config
 from gateway.config_model import MAX_WORKERS, listen_problem
 
@@ -24,6 +25,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="API gateway and orchestration layer.")
+    parser.add_argument("--version", action="version", version=f"gateway {gateway.__version__}",
+                        help="print the version (as gateway_build_info shows it) and exit")
     sub = parser.add_subparsers(dest="command")
 
     run = sub.add_parser("run", help="serve the routes of CONFIG (default ./routes.toml)")
@@ -37,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     run.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
     run.add_argument("--ready-file", help=argparse.SUPPRESS)
+    run.add_argument("--worker", help=argparse.SUPPRESS)  # a supervised worker's number (label `worker`)
     run.set_defaults(func=_run)
 
     check = sub.add_parser("check", help="validate CONFIG and exit")

@@ -127,16 +127,17 @@ class ClientConnection(RequestHandler):
         error = _parser_error(exc) if status != 500 else None
         if error is None:  # not the parser: the edge answers every other failure itself
             return super().handle_error(request, status, exc, message)
-        self._limits.malformed.observe("other", error.status, "gateway", 0.0)
         log.info("malformed request from %s: %s", request.remote or "?", _reason(exc))
         request_id = new_request_id()
         response = error_response(error, MALFORMED, request_id)
+        self._limits.malformed.observe("other", error.status, "gateway", 0.0, 0, len(response.body))
         out = Whole(status=response.status, headers=response.headers, body=response.body)
         out.headers["X-Request-ID"] = request_id
         out.force_close()
         access_log = self._limits.access_log()
         if access_log is not None:
-            access_log.write(malformed_entry(access_log, request_id, request.remote, error.status))
+            access_log.write(malformed_entry(access_log, request_id, request.remote, error.status,
+                                             len(response.body)))
         return out
 
 

@@ -94,7 +94,8 @@ class Edge:
             if route_name is not None:
                 metrics.inflight.dec()
             seconds = time.perf_counter() - start
-            metrics.observe(raw.method, status, source, seconds)
+            metrics.observe(raw.method, status, source, seconds,
+                            request.body.received if request is not None else 0, scope.bytes_out)
             if exporter is not None and scope.server is not None:
                 finish_server_span(scope, route_name, status)
                 exporter.export(scope)

@@ -21,6 +21,7 @@ from typing import Any
 
 from gateway.config_load import ConfigError, LoadedConfig
 from gateway.process import GatewayProcess
+from gateway.process_metrics import WorkerProcessMetrics
 from gateway.watch import watch_file
 
 log = logging.getLogger("gateway")
@@ -166,6 +167,9 @@ async def serve_until_signal(loaded: LoadedConfig, args: argparse.Namespace) -> 
         background.append(loop.create_task(watch_file(loaded.source, process.reload)))
     if args.supervised:  # a worker whose supervisor died (even by SIGKILL) drains and exits
         background.append(loop.create_task(_stop_when_orphaned(stop)))
+    if args.worker is not None:  # its process_* figures reach the supervisor's /metrics
+        figures = WorkerProcessMetrics(args.worker, process.metrics.registry)
+        background.append(loop.create_task(figures.refresh_forever()))
     await stop.wait()
     for task in background:
         task.cancel()

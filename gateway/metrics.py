@@ -21,6 +21,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.multiprocess import MultiProcessCollector
 
 import gateway
+from gateway.process_metrics import add_process_collector
 
 UNMATCHED = "_unmatched"
 MALFORMED = "_malformed"  # requests the HTTP parser rejected
@@ -30,6 +31,8 @@ REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 HOP_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1)
+# body sizes: 0 (no body) and powers of 4 from 256 B to 64 MiB
+SIZE_BUCKETS = (0, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
 
 
 def render(registry: CollectorRegistry) -> bytes:
@@ -51,12 +54,20 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # workers copy theirs (gateway.process_metrics)
+            add_process_collector(r)
         self.requests = Counter(
             "gateway_requests_total", "Requests answered, by route, method, status code and who answered.",
             ["route", "method", "code", "source"], registry=r)
         self.request_duration = Histogram(
             "gateway_request_duration_seconds", "Time from request received to response fully sent.",
             ["route", "method"], buckets=REQUEST_BUCKETS, registry=r)
+        self.request_size = Histogram(
+            "gateway_request_size_bytes", "Request body bytes read from the client.",
+            ["route"], buckets=SIZE_BUCKETS, registry=r)
+        self.response_size = Histogram(
+            "gateway_response_size_bytes", "Response body bytes sent to the client.",
+            ["route"], buckets=SIZE_BUCKETS, registry=r)
         self.plugin_duration = Histogram(
             "gateway_plugin_duration_seconds",
             "Time spent in each plugin itself (the rest of the chain excluded).",
@@ -99,6 +110,9 @@ class Metrics:
             ["upstream", "target"], multiprocess_mode="max", registry=r)
         self.redis_up = Gauge(
             "gateway_redis_up", "Whether the shared Redis answers.", multiprocess_mode="max", registry=r)
+        self.cache_requests = Counter(
+            "gateway_cache_requests_total", "Requests to a route or step cache, by result.",
+            ["route", "result"], registry=r)
         self.access_log_dropped = Counter(
             "gateway_access_log_dropped_total", "Access-log lines dropped because writing fell too far behind.",
             registry=r)
@@ -115,7 +129,7 @@ class Metrics:
 class RequestMetrics:
     """The children one route needs per request, bound once per config."""
 
-    __slots__ = ("_metrics", "route", "inflight", "_durations", "_counts")
+    __slots__ = ("_metrics", "route", "inflight", "_durations", "_counts", "_size_in", "_size_out")
 
     def __init__(self, metrics: Metrics, route: str) -> None:
         self._metrics = metrics
@@ -123,9 +137,14 @@ class RequestMetrics:
         self.inflight = metrics.inflight.labels(route)
         self._durations: dict[str, MetricWrapperBase] = {}
         self._counts: dict[tuple[str, int, str], Counter] = {}
+        self._size_in = metrics.request_size.labels(route).observe
+        self._size_out = metrics.response_size.labels(route).observe
 
-    def observe(self, method: str, status: int, source: str, seconds: float) -> None:
-        """Count one finished request and record its duration."""
+    def observe(self, method: str, status: int, source: str, seconds: float, size_in: int = 0,
+                size_out: int = 0) -> None:
+        """Count one finished request and record its duration and body sizes."""
+        self._size_in(size_in)
+        self._size_out(size_out)
         method = method if method in METHODS else "other"  # keys stay bounded too
         key = (method, status, source)
         counter = self._counts.get(key)

@@ -75,12 +75,13 @@ def access_entry(log: AccessLog, scope: RequestScope, raw: web.BaseRequest, requ
     }
 
 
-def malformed_entry(log: AccessLog, request_id: str, client_ip: str | None, status: int) -> dict[str, Any]:
+def malformed_entry(log: AccessLog, request_id: str, client_ip: str | None, status: int,
+                    bytes_out: int) -> dict[str, Any]:
     """The access-log entry of a request the HTTP parser rejected: nothing of it is trusted
     enough to write but where it came from."""
     return {
         "ts": log.timestamp(), "request_id": request_id, "trace_id": None, "route": MALFORMED, "method": None,
         "path": None, "status": status, "source": "gateway", "duration_ms": 0.0, "upstream": None,
-        "upstream_status": None, "upstream_ms": None, "attempts": 0, "bytes_in": 0, "bytes_out": 0,
+        "upstream_status": None, "upstream_ms": None, "attempts": 0, "bytes_in": 0, "bytes_out": bytes_out,
         "client_ip": client_ip, "consumer": None, "user_agent": None,
     }

@@ -78,17 +78,18 @@ class Supervisor(AdminSource):
             failure = listen_failure(exc, self.listen, listen_option(self.args, admin=False))
             raise failure or StartupError(f"cannot listen on {self.listen}: {one_line(exc)}") from None
 
-    def _worker_argv(self, ready_file: Path) -> list[str]:
+    def _worker_argv(self, ready_file: Path, slot: int) -> list[str]:
         a = self.args
         return [sys.executable, "-m", "gateway", "run", self.loaded.source, "--listen", self.listen,
                 "--admin-listen", "", "--workers", "1", "--reuse-port", "--supervised",
-                "--log-format", a.log_format, "--log-level", a.log_level, "--ready-file", str(ready_file)]
+                "--log-format", a.log_format, "--log-level", a.log_level, "--ready-file", str(ready_file),
+                "--worker", str(slot)]
 
     async def spawn(self, slot: int) -> None:
         self._spawned += 1
         ready_file = Path(os.environ[MULTIPROC_ENV]) / f"ready-{self._spawned}"
         self.ready_files[slot] = ready_file
-        proc = await asyncio.create_subprocess_exec(*self._worker_argv(ready_file))
+        proc = await asyncio.create_subprocess_exec(*self._worker_argv(ready_file, slot))
         self.procs[slot] = proc
         log.info("worker %d started (pid %d)", slot, proc.pid)
 
