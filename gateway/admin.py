@@ -1,4 +1,5 @@
-"""The admin listener: /metrics, /healthz, /readyz, /status, /config, POST /reload.
+"""The admin listener: /metrics, /healthz, /readyz, /status (and /status.json), /config,
+POST /reload; / redirects to /status.
 
 It runs on its own port so scraping and rendering metrics stay off the public listener.
 Probes and scrapers (/healthz, /readyz, /metrics) are always answered; everything else only
@@ -10,21 +11,26 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import html
 import ipaddress
 import json
 import time
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from gateway.config_load import LoadedConfig
-from gateway.config_model import GatewaySettings, RouteConfig
+from gateway.config_model import GatewaySettings
 from gateway.errors import Forbidden, GatewayError, Unauthorized, error_response
 from gateway.hygiene import split_host
 from gateway.redaction import REDACTED, Loc, hide_url_passwords, secret_field
+from gateway.status import TrafficWindow, UpstreamView, sampling, status_document
+from gateway.status_page import HEADERS as PAGE_HEADERS
+from gateway.status_page import PAGE
+
+if TYPE_CHECKING:  # prometheus_client must not be imported before multiprocess mode is set up
+    from prometheus_client.metrics_core import Metric
 
 # Always answered, whatever the Host and without the token: the kubelet and Prometheus ask here.
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -33,9 +39,16 @@ REALM = "gateway-admin"
 
 
 class AdminSource:
-    """What a gateway process shows on its admin listener."""
+    """What a gateway process shows on its admin listener: a single process, or the
+    supervisor of workers. ``traffic`` is the status page's window (gateway.status), which
+    tests may give their own clock and interval."""
 
-    last_reload: tuple[float, str] | None = None
+    last_reload: tuple[float, str] | None = None  # (time.time(), "success" | "failure")
+    workers = 1
+
+    def __init__(self, traffic: TrafficWindow | None = None) -> None:
+        self.started_at = time.monotonic()
+        self.traffic = traffic if traffic is not None else TrafficWindow()
 
     def is_ready(self) -> bool:
         raise NotImplementedError
@@ -49,10 +62,15 @@ class AdminSource:
     async def reload(self) -> tuple[bool, str]:
         raise NotImplementedError
 
-    def upstream_status(self) -> dict[str, tuple[str, dict[str, bool]]]:
-        """Per upstream: its breaker state ("" without a breaker) and whether each target is up.
-        Empty where this process does not call upstreams itself (the supervisor's workers do)."""
-        return {}
+    def read_metrics(self) -> list[Metric]:
+        """The metric families the status page reads: at least ``gateway_requests_total`` and
+        ``gateway_request_duration_seconds`` (blocking: called in a thread)."""
+        raise NotImplementedError
+
+    def upstream_views(self, families: list[Metric]) -> list[UpstreamView]:
+        """Per upstream of the config in use: its targets' health and breaker states.
+        ``families`` is what ``read_metrics`` just returned."""
+        raise NotImplementedError
 
 
 def admin_app(source: AdminSource) -> web.Application:
@@ -80,15 +98,29 @@ def admin_app(source: AdminSource) -> web.Application:
                                  status=200 if ok else 422)
 
     async def status(_: web.Request) -> web.Response:
-        return web.Response(text=status_page(source), content_type="text/html")
+        return web.Response(body=PAGE, headers=PAGE_HEADERS)
+
+    async def status_json(_: web.Request) -> web.Response:
+        return web.json_response(await status_document(source), headers={"Cache-Control": "no-store"},
+                                 dumps=lambda d: json.dumps(d, indent=2))
+
+    async def root(_: web.Request) -> web.Response:
+        raise web.HTTPFound("/status")
+
+    async def sample_traffic(_: web.Application) -> AsyncIterator[None]:
+        async with sampling(source):
+            yield
 
     app = web.Application(middlewares=[admin_guard(lambda: source.current_config().config.gateway)])
     app.on_response_prepare.append(_no_server_header)
+    app.cleanup_ctx.append(sample_traffic)
+    app.router.add_get("/", root)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/config", config)
     app.router.add_get("/status", status)
+    app.router.add_get("/status.json", status_json)
     app.router.add_post("/reload", reload)
     return app
 
@@ -209,47 +241,3 @@ def _redact(value: Any, loc: Loc, path: str, secrets: frozenset[str], *, hide: b
     if isinstance(value, str) and value:
         return REDACTED if hide else hide_url_passwords(value)
     return value
-
-
-def _terminal(route: RouteConfig) -> str:
-    if route.upstream:
-        return f"upstream {route.upstream}"
-    return "steps " + ", ".join(step.name for step in route.steps)
-
-
-def status_page(source: AdminSource) -> str:
-    """A plain HTML page for people: routes, upstreams, readiness, last reload."""
-    loaded = source.current_config()
-    config = loaded.config
-    e = html.escape
-    rows = []
-    for route in config.routes:
-        plugins = [p.use for p in config.plugins] + [p.use for p in route.plugins]
-        rows.append(
-            f"<tr><td>{e(route.name)}</td><td>{e(','.join(route.method_list()))}</td>"
-            f"<td><code>{e(route.path)}</code></td><td>{e(_terminal(route))}</td>"
-            f"<td>{e(' → '.join(plugins) or '—')}</td></tr>"
-        )
-    live = source.upstream_status()
-
-    def targets(name: str, listed: list[str]) -> str:
-        up = live.get(name, ("", {}))[1]
-        return ", ".join(f"{t} ({'up' if up.get(t, True) else 'DOWN'})" if name in live else t for t in listed)
-
-    ups = "".join(
-        f"<tr><td>{e(name)}</td><td>{e(up.balance)}</td><td>{e(targets(name, up.targets))}</td>"
-        f"<td>{e(live.get(name, ('', {}))[0] or ('-' if name in live else 'see workers'))}</td></tr>"
-        for name, up in config.upstreams.items()
-    )
-    reload = "never"
-    if source.last_reload is not None:
-        when, result = source.last_reload
-        reload = f"{result} at {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(when))} UTC"
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>gateway status</title>
-<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.2em .8em;text-align:left}}</style></head>
-<body><h1>gateway</h1><p>config <code>{e(loaded.source)}</code> — {e(loaded.summary())};
-ready: {source.is_ready()}; last reload: {e(reload)}</p>
-<h2>Routes</h2><table><tr><th>name</th><th>methods</th><th>path</th><th>terminal</th><th>plugins</th></tr>
-{''.join(rows)}</table>
-<h2>Upstreams</h2><table><tr><th>name</th><th>balance</th><th>targets</th><th>breaker</th></tr>{ups}</table>
-<p><a href="/metrics">/metrics</a> · <a href="/config">/config</a></p></body></html>"""

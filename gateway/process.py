@@ -10,6 +10,7 @@ import time
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import Metric
 
 from gateway.admin import AdminSource, admin_app
 from gateway.clients import Clients
@@ -18,6 +19,7 @@ from gateway.connections import BoundedServer, ConnectionLimits
 from gateway.edge import Edge
 from gateway.metrics import MALFORMED, Metrics, RequestMetrics, render
 from gateway.runtime import Runtime
+from gateway.status import TrafficWindow, UpstreamView, upstreams_from_states
 
 log = logging.getLogger("gateway")
 
@@ -39,7 +41,9 @@ class GatewayProcess(AdminSource):
         reuse_port: bool = False,
         metrics: Metrics | None = None,
         count_reloads: bool = True,
+        traffic: TrafficWindow | None = None,
     ) -> None:
+        super().__init__(traffic)
         settings = loaded.config.gateway
         self.loaded = loaded
         self.listen = listen if listen is not None else settings.listen
@@ -140,14 +144,12 @@ class GatewayProcess(AdminSource):
     def current_config(self) -> LoadedConfig:
         return self.loaded
 
-    def upstream_status(self) -> dict[str, tuple[str, dict[str, bool]]]:
-        out = {}
-        for name, upstream in self.runtime.upstreams.items():
-            state = upstream.state
-            breaker = state.breakers.state() if state.breakers is not None else ""
-            health = state.health
-            out[name] = (breaker, {t: health is None or health.is_up(t) for t in state.targets})
-        return out
+    def read_metrics(self) -> list[Metric]:
+        return [*self.metrics.requests.collect(), *self.metrics.request_duration.collect()]
+
+    def upstream_views(self, families: list[Metric]) -> list[UpstreamView]:
+        states = {name: upstream.state for name, upstream in self.runtime.upstreams.items()}
+        return upstreams_from_states(self.loaded.config, states)
 
     # -- addresses (tests listen on port 0) --------------------------------------------
 

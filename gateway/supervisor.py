@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -23,6 +24,10 @@ from gateway.clients import Clients
 from gateway.config_load import ConfigError, LoadedConfig, load_config
 from gateway.launch import StartupError, listen_failure, listen_option, one_line, run_main
 from gateway.process import split_listen
+from gateway.status import UpstreamView, upstreams_from_gauges
+
+if TYPE_CHECKING:  # prometheus_client is imported once multiprocess mode is set up
+    from prometheus_client.metrics_core import Metric
 
 log = logging.getLogger("gateway.supervisor")
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -45,9 +50,10 @@ class Supervisor(AdminSource):
     def __init__(self, loaded: LoadedConfig, args: argparse.Namespace, workers: int) -> None:
         from gateway.metrics import Metrics
 
+        super().__init__()
         self.loaded = loaded
         self.args = args
-        self.count = workers
+        self.count = self.workers = workers
         self.listen = args.listen or loaded.config.gateway.listen
         self.admin_listen = args.admin_listen if args.admin_listen is not None else loaded.config.gateway.admin_listen
         self.metrics = Metrics()
@@ -127,6 +133,15 @@ class Supervisor(AdminSource):
 
     def current_config(self) -> LoadedConfig:
         return self.loaded
+
+    def read_metrics(self) -> list[Metric]:
+        """Every worker's series, merged as /metrics merges them (dead workers' counts included)."""
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        return list(MultiProcessCollector(None).collect())  # type: ignore[no-untyped-call]
+
+    def upstream_views(self, families: list[Metric]) -> list[UpstreamView]:
+        return upstreams_from_gauges(self.loaded.config, families)
 
     async def reload(self) -> tuple[bool, str]:
         from gateway.runtime import Runtime
