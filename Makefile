@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv run demo test test-only fuzz lint fmt bench promtool redis-server clean
+.PHONY: venv run demo test test-only deploy-check fuzz lint fmt bench promtool redis-server chromium clean
 
 $(STAMP): pyproject.toml examples/gateway-plugin-greeting/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,10 +24,21 @@ run: venv
 
 ## test: lint, then the whole suite (integration tests start their own servers, and their own
 ## redis-server on a free port; under CI=true a missing redis-server fails the Redis tests)
-test: venv promtool redis-server lint test-only
+test: venv promtool redis-server chromium lint deploy-check test-only
 
 test-only: venv
 	$(PY) -m pytest -q
+
+## deploy-check: deploy/ without Docker or a cluster: the Prometheus config, rules and their unit
+## tests (promtool), the k8s manifests rendered and validated against the Kubernetes schemas, and
+## tests/deploy (PromQL names against the real registry, runbooks, compose, image tags, docs)
+deploy-check: venv promtool
+	promtool check config deploy/prometheus/prometheus.yml
+	promtool check rules deploy/prometheus/rules.yml
+	promtool test rules deploy/prometheus/rules_test.yml
+	$(VENV)/bin/kubectl kustomize deploy/k8s > $(VENV)/deploy-k8s.yaml
+	$(VENV)/bin/kubernetes-validate --strict --quiet $(VENV)/deploy-k8s.yaml
+	$(PY) -m pytest -q -p no:cacheprovider tests/deploy
 
 ## fuzz: the property-based tests with many more examples (HYPOTHESIS_PROFILE=fuzz: 20000 each)
 fuzz: venv
@@ -41,6 +52,13 @@ promtool:
 	  echo "installing promtool (Debian package prometheus)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+
+## chromium: a real headless browser for the admin status page test (Debian package chromium)
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing chromium (Debian package chromium)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 
 redis-server:
 	@command -v redis-server >/dev/null 2>&1 || { \
