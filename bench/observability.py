@@ -25,7 +25,7 @@ import gc
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 if str(Path(__file__).resolve().parent.parent) not in sys.path:  # `python bench/observability.py` too
@@ -91,58 +91,45 @@ def propagation_cost(rounds: int = 7, requests: int = 100_000) -> tuple[float, f
     call.target = "http://127.0.0.1:1"
     fields = incoming_fields(None, None, 0.0)
 
-    def propagation() -> float:
-        start = time.perf_counter()
-        for n in range(requests):
-            headers = continued if n & 1 else fresh
-            scope = RequestScope("id", incoming_fields(headers.get("traceparent"), headers.get("tracestate"), 0.0),
-                                 None)
-            _propagate(scope, call)
-        return time.perf_counter() - start
+    def baseline(n: int) -> object:  # what every pass does besides the work measured
+        headers = continued if n & 1 else fresh  # half the requests continue a trace
+        return headers.get("traceparent"), headers.get("tracestate")
 
-    def scope_only() -> float:
-        start = time.perf_counter()
-        for n in range(requests):
-            headers = continued if n & 1 else fresh
-            headers.get("traceparent")
-            headers.get("tracestate")
-            scope = RequestScope("id", fields, None)
-            token = request_scope.enter(scope)
-            for _ in range(3):  # two plugin hops and the upstream attempt look for the scope
-                request_scope.current()
-            request_scope.leave(token)
-        return time.perf_counter() - start
+    def allocation(n: int) -> RequestScope:  # the scope object alone
+        baseline(n)
+        return RequestScope("id", fields, None)
 
-    def baseline() -> float:
-        start = time.perf_counter()
-        for n in range(requests):
-            headers = continued if n & 1 else fresh
-            headers.get("traceparent")
-            headers.get("tracestate")
-        return time.perf_counter() - start
+    def propagation(n: int) -> None:
+        headers = continued if n & 1 else fresh
+        _propagate(RequestScope("id", incoming_fields(headers.get("traceparent"), headers.get("tracestate"), 0.0),
+                                None), call)
 
-    # The fastest of several passes of each: the cost of the work itself, least disturbed by
-    # whatever else the machine does (as timeit reports). The scope's allocation is counted in
-    # the second figure only (the first pass needs one to hold the trace).
+    def scope(n: int) -> None:
+        token = request_scope.enter(allocation(n))
+        for _ in range(3):  # two plugin hops and the upstream attempt look for the scope
+            request_scope.current()
+        request_scope.leave(token)
+
+    def fastest(step: Callable[[int], object]) -> float:
+        """Microseconds per call of ``step``: the fastest of several passes, least disturbed by
+        whatever else the machine does (as timeit reports)."""
+        passes = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            for n in range(requests):
+                step(n)
+            passes.append(time.perf_counter() - start)
+        return min(passes) / requests * 1e6
+
     # The garbage collector is off while timing, as timeit does: what it costs depends on the
     # whole heap (the gateway freezes its start-up objects and collects rarely, see
     # docs/architecture.md), not on these operations.
     gc.disable()
     try:
-        base = min(baseline() for _ in range(rounds))
-        scope_cost = (min(scope_only() for _ in range(rounds)) - base) / requests * 1e6
-        alloc = min(_allocations(RequestScope, fields, requests) for _ in range(rounds)) / requests * 1e6
-        propagate = (min(propagation() for _ in range(rounds)) - base) / requests * 1e6 - alloc
+        base, alloc = fastest(baseline), fastest(allocation)
+        return fastest(propagation) - alloc, fastest(scope) - base
     finally:
         gc.enable()
-    return propagate, scope_cost
-
-
-def _allocations(cls: type, fields: object, requests: int) -> float:
-    start = time.perf_counter()
-    for _ in range(requests):
-        cls("id", fields, None)
-    return time.perf_counter() - start
 
 
 def ratios(rounds: list[measuring.Round]) -> dict[str, float]:

@@ -11,6 +11,7 @@ import sys
 import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -18,7 +19,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from hypothesis import HealthCheck, settings
 
-from gateway.config_load import load_text
+from gateway.config_load import load_config, load_text
 from gateway.process import GatewayProcess
 from tests.support import free_port
 
@@ -103,9 +104,16 @@ async def gateway() -> AsyncIterator[StartGateway]:
     """Start a gateway in this process from TOML text, on ephemeral ports."""
     started: list[GatewayProcess] = []
 
-    async def start(toml: str, env: dict[str, str] | None = None) -> GatewayProcess:
-        loaded = load_text(textwrap.dedent(toml), "routes.toml", env or {})
-        process = GatewayProcess(loaded, listen="127.0.0.1:0", admin_listen="127.0.0.1:0")
+    async def start(toml: str, env: dict[str, str] | None = None, *, file: Path | None = None,
+                    **options: Any) -> GatewayProcess:
+        """``file``: load the config from that path (written first), as `gateway run` does, so
+        POST /reload reads it again; ``options`` go to GatewayProcess."""
+        if file is None:
+            loaded = load_text(textwrap.dedent(toml), "routes.toml", env or {})
+        else:
+            file.write_text(textwrap.dedent(toml))
+            loaded = load_config(file, env)
+        process = GatewayProcess(loaded, listen="127.0.0.1:0", admin_listen="127.0.0.1:0", **options)
         await process.start()
         started.append(process)
         return process

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import shutil
+import itertools
 import textwrap
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from html.parser import HTMLParser
 from pathlib import Path
@@ -23,12 +22,12 @@ from aiohttp import web
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway import __version__
-from gateway.config_load import load_config
 from gateway.process import GatewayProcess
 from gateway.status import NO_HEALTH_CHECK, RouteCounts, Snapshot, TrafficWindow, quantile, sample
 from gateway.status_page import PAGE
-from tests.conftest import GatewaySubprocess, StartUpstream
+from tests.conftest import GatewaySubprocess, StartGateway, StartUpstream, Upstream
 from tests.support import free_port, wait_for
+from tests.support.ports import required_binary
 
 TOKEN = "status-token-5d2e"
 SLOW_SECONDS = 0.3  # in the (0.25 s, 0.5 s] bucket of gateway_request_duration_seconds
@@ -96,24 +95,24 @@ StartStatusGateway = Callable[..., Awaitable[GatewayProcess]]
 
 
 @pytest.fixture
-async def status_gateway(tmp_path: Path) -> AsyncIterator[StartStatusGateway]:
+def status_gateway(tmp_path: Path, gateway: StartGateway) -> StartStatusGateway:
     """A gateway in this process from a real file (so POST /reload reads it again) whose status
     window runs on ``clock`` and takes snapshots only when the test calls ``sample``."""
-    started: list[GatewayProcess] = []
+    files = itertools.count()
 
     async def start(toml: str, clock: FakeClock, env: dict[str, str] | None = None) -> GatewayProcess:
-        file = tmp_path / f"routes-{len(started)}.toml"
-        file.write_text(toml)
         window = TrafficWindow(span=60, interval=3600, clock=clock)
-        process = GatewayProcess(load_config(file, env), listen="127.0.0.1:0", admin_listen="127.0.0.1:0",
-                                 traffic=window)
-        await process.start()
-        started.append(process)
-        return process
+        return await gateway(toml, env, file=tmp_path / f"routes-{next(files)}.toml", traffic=window)
 
-    yield start
-    for process in started:
-        await process.drain()
+    return start
+
+
+async def started(upstream: StartUpstream, status_gateway: StartStatusGateway
+                  ) -> tuple[Upstream, GatewayProcess, FakeClock]:
+    """The answering upstream, a status gateway with routes_toml in front of it, its clock."""
+    up = await upstream(answer)
+    clock = FakeClock()
+    return up, await status_gateway(routes_toml(up.url), clock), clock
 
 
 def public(port: int, path: str) -> str:
@@ -190,9 +189,7 @@ async def known_traffic(gw: GatewayProcess, clock: FakeClock, http: aiohttp.Clie
 async def test_status_json_counts_requests_since_start_and_rates_over_the_last_minute(
     upstream: StartUpstream, status_gateway: StartStatusGateway, http: aiohttp.ClientSession
 ) -> None:
-    up = await upstream(answer)
-    clock = FakeClock()
-    gw = await status_gateway(routes_toml(up.url), clock)
+    _, gw, clock = await started(upstream, status_gateway)
     await known_traffic(gw, clock, http)
 
     document = await get_status(gw.admin_port)
@@ -218,9 +215,7 @@ async def test_status_json_counts_requests_since_start_and_rates_over_the_last_m
 async def test_a_gateway_younger_than_a_minute_rates_over_its_whole_life(
     upstream: StartUpstream, status_gateway: StartStatusGateway, http: aiohttp.ClientSession
 ) -> None:
-    up = await upstream(answer)
-    clock = FakeClock()
-    gw = await status_gateway(routes_toml(up.url), clock)
+    _, gw, clock = await started(upstream, status_gateway)
     await send(http, gw.port, "/svc/ok", 6, 200)
     await send(http, gw.port, "/svc/fail", 2, 500)
     await counted(gw.admin_port, "svc", 8)
@@ -403,13 +398,7 @@ async def test_with_two_workers_the_supervisor_shows_the_sum_over_workers(
 
 
 def chromium_binary() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        message = "chromium is not installed (Debian: apt-get install chromium)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message + ": CI must run the browser tests")
-        pytest.skip(message)
-    return path
+    return required_binary("chromium", "chromium-browser", package="chromium", tests="browser tests")
 
 
 async def chromium(profile: Path, url: str, *action: str) -> bytes:
@@ -481,9 +470,7 @@ async def test_the_page_in_a_browser_shows_the_numbers_of_the_traffic_sent(
     capsys: pytest.CaptureFixture[str], record_property: Callable[[str, object], None],
 ) -> None:
     chromium_binary()
-    up = await upstream(answer)
-    clock = FakeClock()
-    gw = await status_gateway(routes_toml(up.url), clock)
+    up, gw, clock = await started(upstream, status_gateway)
     await known_traffic(gw, clock, http)
     url = public(gw.admin_port, "/")  # through the redirect, as a person would type it
 

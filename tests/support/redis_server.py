@@ -7,8 +7,6 @@ instead, because CI must not skip the Redis tests.
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -16,19 +14,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from tests.support.ports import free_port
+from tests.support.ports import free_port, required_binary
 
 
 def redis_binary() -> str:
-    path = shutil.which("redis-server")
-    if path is None:
-        message = "redis-server is not installed (apt-get install redis-server)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message + ": CI must run the Redis tests")
-        pytest.skip(message)
-    return path
+    return required_binary("redis-server", package="redis-server", tests="Redis tests")
 
 
 class RedisServer:
