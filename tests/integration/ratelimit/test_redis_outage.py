@@ -1,6 +1,6 @@
 """Redis killed or blackholed under a rate-limited route: ``on_store_error`` decides, the added
-latency stays small (p99 < 60 ms, measured here in the client), and Redis coming back is
-picked up by itself."""
+latency stays small (p99 within 30 ms of the p99 before the outage, measured here in the
+client), and Redis coming back is picked up by itself."""
 
 from __future__ import annotations
 
@@ -82,7 +82,9 @@ async def _through_outage(
     assert metric(await scrape(route.gw), "gateway_redis_up") == 1
     _outage(redis, outage)
     during = await _traffic(http, route.target, 150)
-    assert _added_p99(during, _percentile(baseline, 0.5), f"{label}/{outage}") < 0.030
+    # against the baseline's own p99, so what the machine's load adds to both cancels out; a
+    # call waiting on Redis would add a whole timeout (50 ms)
+    assert _added_p99(during, _percentile(baseline, 0.99), f"{label}/{outage}") < 0.030
     return route.gw, route.target, during
 
 
