@@ -45,10 +45,13 @@ def split_host(value: str) -> tuple[str, int | None] | None:
 
 
 def check_host(host: str | None) -> None:
-    """A Host must be an authority: a host name or IP literal, an optional port."""
+    """A Host must be an authority: a host name or IP literal, an optional port (the same
+    rules as split_host, without building its result: this runs on every request)."""
     if host is None:
         return  # HTTP/1.0 without Host (HTTP/1.1 without one is refused by the parser)
-    if split_host(host) is None:
+    match = _AUTHORITY.fullmatch(host)
+    port = match.group("port") if match is not None else None
+    if match is None or (port and int(port) > 65535) or host[0] == "." or ".." in host:
         raise BadRequest("the Host header is not a valid host[:port]")
 
 

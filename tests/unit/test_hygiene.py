@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from gateway.errors import BadRequest
-from gateway.hygiene import check_host, clean_headers
+from gateway.hygiene import check_host, clean_headers, split_host
 
 
 def cleaned(pairs: list[tuple[str, str]], *, underscores: str = "drop", trusted: bool = False) -> list[tuple[str, str]]:
@@ -80,3 +80,13 @@ def test_no_owned_or_underscore_header_ever_survives(pairs: list[tuple[str, str]
         assert "_" not in name
         assert not name.lower().startswith("x-consumer")
         assert not name.lower().startswith("x-forwarded-") or name.lower() == "x-forwarded-for"
+
+
+@given(st.text(st.characters(codec="latin-1"), max_size=40) | st.from_regex(r"[a-z0-9.\[\]:]{1,20}", fullmatch=True))
+def test_the_edge_check_and_the_admin_parser_agree_on_what_a_host_is(host: str) -> None:
+    try:
+        check_host(host)
+        accepted = True
+    except BadRequest:
+        accepted = False
+    assert accepted == (split_host(host) is not None)
