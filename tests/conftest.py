@@ -21,7 +21,8 @@ from hypothesis import HealthCheck, settings
 
 from gateway.config_load import load_config, load_text
 from gateway.process import GatewayProcess
-from tests.support import free_port
+from tests.support import RedisServer, free_port
+from tests.support.redis_server import running_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -202,3 +203,29 @@ def spawn_gateway(tmp_path: Path) -> Iterator[Callable[..., Awaitable[GatewaySub
         if gateway.proc.poll() is None:
             gateway.proc.send_signal(signal.SIGKILL)
             gateway.proc.wait(10)
+
+
+# --- a private redis-server (tests.support.redis_server) -----------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """The session's private Redis (started once, stopped at the end)."""
+    with running_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The shared Redis, emptied for this test."""
+    if not redis_server.answers():
+        redis_server.start()
+    assert redis_server.command("FLUSHALL").startswith(b"+OK")
+    return redis_server.url
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of this test's own, to kill, freeze, restart or blackhole."""
+    with running_redis(tmp_path / "redis") as server:
+        yield server
