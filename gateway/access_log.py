@@ -18,7 +18,6 @@ import logging
 import os
 import stat
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -120,7 +119,6 @@ class AccessLog:
         self._buffer: list[bytes] = []
         self._buffered = 0
         self._pending = 0  # bytes handed to the writer thread and not yet written
-        self._lock = threading.Lock()
         self._fd: int | None = None
         self._own_fd = False
         self._pipe = False

@@ -50,13 +50,11 @@ class Upstreams:
         self.first_ns = 0
         self.last_ns = 0
 
-    def started(self, name: str) -> int:
-        now = time.perf_counter_ns()
+    def started(self, name: str) -> None:
         if not self.attempts:
-            self.first_ns = now
+            self.first_ns = time.perf_counter_ns()
         self.attempts += 1
         self.name = name
-        return now
 
     def ended(self, status: int | None) -> None:
         self.status = status
